@@ -1,0 +1,60 @@
+"""Full-reference image quality metrics in torch: LPIPS, SSIM, MS-SSIM, PSNR and a composite.
+
+All take float tensors in [0, 1], NCHW, on one device. Heavy modules (torch) load on first use,
+so that `from optimizer.metrics import OUTPUTS` stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .catalog import (
+    COMPOSITE_LEVELS,
+    DEFAULT_COMPOSITE_WEIGHTS,
+    DEFAULT_METRICS,
+    METRICS,
+    OUTPUTS,
+    CompositeSpec,
+    MetricOutput,
+    lpips_category,
+    output,
+    quality_level,
+)
+
+_LAZY = {
+    "Metric": "._base",
+    "resolve_device": "._base",
+    "SSIM": ".ssim",
+    "MSSSIM": ".ssim",
+    "ssim": ".ssim",
+    "ms_ssim": ".ssim",
+    "PSNR": ".psnr",
+    "psnr": ".psnr",
+    "LPIPS": ".lpips_metric",
+    "WeightsMissingError": ".lpips_metric",
+    "load_lpips_network": ".lpips_metric",
+    "MetricSuite": ".suite",
+    "Scores": ".suite",
+    "build_metric": ".suite",
+}
+
+__all__ = [
+    "COMPOSITE_LEVELS",
+    "DEFAULT_COMPOSITE_WEIGHTS",
+    "DEFAULT_METRICS",
+    "METRICS",
+    "OUTPUTS",
+    "CompositeSpec",
+    "MetricOutput",
+    "lpips_category",
+    "output",
+    "quality_level",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

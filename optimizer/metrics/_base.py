@@ -1,0 +1,107 @@
+"""What every metric shares: input checks, the device choice, and the small Metric interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from .catalog import MetricOutput
+
+__all__ = [
+    "Metric",
+    "MetricOutput",
+    "check_images",
+    "check_pair",
+    "percentile",
+    "resolve_device",
+]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` is CUDA when present, else the CPU; anything else must name an available device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA device is available here")
+    return dev
+
+
+def check_images(x: torch.Tensor, what: str = "images") -> None:
+    """Raise (never assert) unless `x` is a float NCHW tensor with values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{what} must be NCHW (4 dimensions), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be floating point in [0, 1], got {x.dtype}")
+    if x.numel() and (x.min() < -1e-6 or x.max() > 1 + 1e-6):
+        lo, hi = float(x.min()), float(x.max())
+        raise ValueError(
+            f"{what} must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]; divide 8-bit pixels by 255"
+        )
+
+
+def check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    check_images(x, "candidates")
+    check_images(y, "reference")
+    if x.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"candidate shape {tuple(x.shape[1:])} differs from reference shape "
+            f"{tuple(y.shape[1:])} (C, H, W)"
+        )
+    if y.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"reference batch {y.shape[0]} must be 1 or match candidates {x.shape[0]}")
+
+
+class Metric(ABC):
+    """A full-reference metric: `prepare` the reference once, then `score` batches against it.
+
+    Inputs are float tensors in [0, 1], NCHW, on `self.device`. `score` returns one (N,) tensor per
+    entry of `outputs`. Implementations are differentiable in the candidates.
+    """
+
+    name: str
+    outputs: tuple[MetricOutput, ...]
+    #: smallest width/height the metric can score
+    min_side: int = 1
+    #: bumped when a change alters the numbers; part of every cache key
+    version: str = "1"
+
+    def __init__(self, device: str | torch.device = "auto") -> None:
+        self.device = resolve_device(device)
+
+    @abstractmethod
+    def prepare(self, reference: torch.Tensor) -> Any:
+        """Everything about the (1, C, H, W) reference that does not depend on the candidate."""
+
+    @abstractmethod
+    def score(self, candidates: torch.Tensor, prepared: Any) -> dict[str, torch.Tensor]:
+        """Score an (N, C, H, W) batch against a prepared reference."""
+
+    def __call__(self, candidates: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+        check_pair(candidates, reference)
+        return self.score(candidates, self.prepare(reference))
+
+
+def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Row-wise percentile of (N, M) `values`, linear interpolation as numpy's default.
+
+    Uses `kthvalue` so it works on maps larger than `torch.quantile` accepts (2**24 values).
+    """
+    m = values.shape[1]
+    pos = q / 100.0 * (m - 1)
+    lo = int(pos)
+    hi = min(lo + 1, m - 1)
+    v_lo = values.kthvalue(lo + 1, dim=1).values
+    if hi == lo:
+        return v_lo
+    v_hi = values.kthvalue(hi + 1, dim=1).values
+    return v_lo + (pos - lo) * (v_hi - v_lo)

@@ -1,0 +1,149 @@
+"""The names every metric output goes by, their direction, the composite and quality levels.
+
+Torch-free on purpose: target parsing, `--help` and reports need these facts without paying for
+`import torch`. Metric classes take their `outputs` from here, so a name is declared once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "COMPOSITE_LEVELS",
+    "DEFAULT_COMPOSITE_WEIGHTS",
+    "DEFAULT_METRICS",
+    "METRICS",
+    "OUTPUTS",
+    "CompositeSpec",
+    "MetricOutput",
+    "lpips_category",
+    "output",
+    "quality_level",
+]
+
+
+@dataclass(frozen=True)
+class MetricOutput:
+    """One number a metric reports. `higher_is_better` sets a target's direction."""
+
+    name: str
+    higher_is_better: bool
+    description: str
+    metric: str
+
+
+_O = MetricOutput
+OUTPUTS: dict[str, MetricOutput] = {
+    o.name: o
+    for o in (
+        _O("lpips", False, "learned perceptual distance (0 = identical)", "lpips"),
+        _O("lpips_p95", False, "LPIPS of the worst 5% of pixels (spatial map p95)", "lpips"),
+        _O("ssim", True, "structural similarity, mean over the image (1 = identical)", "ssim"),
+        _O("ssim_p5", True, "SSIM of the worst 5% of 32x32 tiles (worst region)", "ssim"),
+        _O("ms_ssim", True, "multi-scale SSIM (1 = identical)", "ms_ssim"),
+        _O("psnr", True, "peak signal-to-noise ratio in dB (inf = identical)", "psnr"),
+        _O("composite", True, "weighted sum of normalised metrics, 0..1 (1 = identical)",
+           "composite"),
+    )
+}
+#: metric classes by name, in the order reports show them
+METRICS: tuple[str, ...] = ("lpips", "ssim", "ms_ssim", "psnr")
+DEFAULT_METRICS: tuple[str, ...] = METRICS
+#: the seed material's composite: renormalised to sum 1 over the components present
+DEFAULT_COMPOSITE_WEIGHTS: dict[str, float] = {"lpips": 0.3, "ssim": 0.3, "psnr": 0.1}
+#: composite -> quality level, highest first (the seed material's bands)
+COMPOSITE_LEVELS: tuple[tuple[float, str], ...] = (
+    (0.9, "excellent"), (0.8, "very_good"), (0.7, "good"), (0.6, "acceptable"), (0.5, "poor"),
+)
+
+
+def output(name: str) -> MetricOutput:
+    """Look a metric output up by name; an unknown name lists the known ones."""
+    try:
+        return OUTPUTS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(OUTPUTS)}") from None
+
+
+def _clamp01(v):
+    return v.clamp(0.0, 1.0) if hasattr(v, "clamp") else min(max(v, 0.0), 1.0)
+
+
+# How each output becomes a 0..1 "higher is better" component (the seed's scheme).
+_NORMALISE = {
+    "lpips": lambda d: _clamp01(1.0 - d),
+    "lpips_p95": lambda d: _clamp01(1.0 - d),
+    "ssim": lambda s: s,
+    "ssim_p5": lambda s: s,
+    "ms_ssim": lambda s: s,
+    # inf dB (identical) / 50 clamps to 1 like any PSNR above 50 dB.
+    "psnr": lambda p: _clamp01(p / 50.0),
+}
+_FORMULA = {"lpips": "(1 - lpips)", "lpips_p95": "(1 - lpips_p95)", "psnr": "min(psnr/50, 1)"}
+
+
+@dataclass(frozen=True)
+class CompositeSpec:
+    """Weights of the composite, normalised to sum 1; recorded with every score and preset."""
+
+    weights: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def from_mapping(cls, weights: dict[str, float], available=None) -> CompositeSpec:
+        """Keep the components that `available` outputs provide, renormalised to sum 1."""
+        for name, w in weights.items():
+            if name not in _NORMALISE:
+                raise ValueError(
+                    f"composite cannot use {name!r}; components: {', '.join(_NORMALISE)}"
+                )
+            if not (w >= 0 and math.isfinite(w)):
+                raise ValueError(f"composite weight for {name} must be >= 0, got {w}")
+        kept = {n: w for n, w in weights.items() if w > 0 and (available is None or n in available)}
+        total = sum(kept.values())
+        if total <= 0:
+            raise ValueError(
+                "the composite has no component among the enabled metrics "
+                f"(weights {weights}, enabled {sorted(available or [])})"
+            )
+        return cls(tuple((n, w / total) for n, w in kept.items()))
+
+    @classmethod
+    def parse(cls, text: str, available=None) -> CompositeSpec:
+        """`lpips=0.3,ssim=0.3,psnr=0.1` -> spec; a malformed item is named."""
+        weights: dict[str, float] = {}
+        for item in filter(None, (t.strip() for t in text.split(","))):
+            name, sep, value = item.partition("=")
+            try:
+                if not sep:
+                    raise ValueError
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"bad composite weight {item!r}: expected NAME=NUMBER") from None
+        return cls.from_mapping(weights, available)
+
+    def value(self, values):
+        """The composite of a mapping output name -> value (floats or tensors alike)."""
+        return sum(w * _NORMALISE[n](values[n]) for n, w in self.weights)
+
+    def describe(self) -> str:
+        return " + ".join(f"{w:.3f}*{_FORMULA.get(n, n)}" for n, w in self.weights)
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.weights)
+
+
+def quality_level(composite: float) -> str:
+    """excellent >= 0.9, very_good >= 0.8, good >= 0.7, acceptable >= 0.6, poor >= 0.5."""
+    for threshold, name in COMPOSITE_LEVELS:
+        if composite >= threshold:
+            return name
+    return "very_poor"
+
+
+def lpips_category(distance: float) -> str:
+    """excellent < 0.1, good < 0.2, acceptable < 0.4, else poor (the seed material's bands)."""
+    for threshold, name in ((0.1, "excellent"), (0.2, "good"), (0.4, "acceptable")):
+        if distance < threshold:
+            return name
+    return "poor"

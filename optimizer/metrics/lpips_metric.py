@@ -1,0 +1,195 @@
+"""LPIPS through the `lpips` package, with its backbone weights found (never invented) up front.
+
+Reference: Zhang, Isola, Efros, Shechtman, Wang, "The Unreasonable Effectiveness of Deep Features
+as a Perceptual Metric", CVPR 2018; numbers must equal `lpips.LPIPS(net=...)(a, b, normalize=True)`.
+
+The `lpips` package ships its linear layers; the backbone (AlexNet by default) is torchvision's
+ImageNet checkpoint. We look for that file in an explicit weights folder (`--weights DIR` /
+`IMGTUNE_WEIGHTS`: offline machines, nothing is downloaded then), else in the torch hub cache,
+else download it once into that cache. If none works, `WeightsMissingError` says which file, where
+to put it and which metrics need no weights. We never score with random or different weights.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ._base import Metric, percentile
+from .catalog import OUTPUTS
+
+__all__ = [
+    "BACKBONES",
+    "LPIPS",
+    "WeightsMissingError",
+    "backbone_weights_file",
+    "find_backbone_weights",
+    "load_lpips_network",
+]
+
+#: lpips network name -> (torchvision weights enum, smallest side the network accepts)
+BACKBONES = {"alex": ("AlexNet_Weights", 31), "squeeze": ("SqueezeNet1_1_Weights", 17),
+             "vgg": ("VGG16_Weights", 16)}
+WEIGHT_FREE = "ssim,ms_ssim,psnr"
+
+
+class WeightsMissingError(RuntimeError):
+    """The LPIPS backbone checkpoint is neither on disk nor downloadable."""
+
+
+def backbone_weights_file(net: str) -> tuple[str, str]:
+    """(file name, download URL) of torchvision's checkpoint for an lpips backbone."""
+    if net not in BACKBONES:
+        raise ValueError(f"unknown LPIPS network {net!r}; choose one of {', '.join(BACKBONES)}")
+    import torchvision.models as tvm
+
+    url = getattr(tvm, BACKBONES[net][0]).DEFAULT.url
+    return url.rsplit("/", 1)[-1], url
+
+
+def _hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_backbone_weights(
+    net: str = "alex", weights_dir: str | Path | None = None, *, allow_download: bool = True
+) -> Path:
+    """Path of the backbone checkpoint, downloading it once into the torch cache if allowed.
+
+    With `weights_dir` only that folder is looked in (an offline machine's explicit choice).
+    """
+    name, url = backbone_weights_file(net)
+    if weights_dir is not None:
+        path = Path(weights_dir) / name
+        if path.is_file():
+            return path
+        raise WeightsMissingError(
+            f"LPIPS ({net}) needs torchvision's backbone weights '{name}', which are not in "
+            f"{weights_dir}. Download {url} on a machine with network access and put it there, "
+            f"or leave LPIPS out with --metrics {WEIGHT_FREE} (weight-free metrics)."
+        )
+    cached = _hub_checkpoints() / name
+    if cached.is_file():
+        return cached
+    problem = "downloads are disabled"
+    if allow_download:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=_hash_prefix(name))
+            return cached
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available", said below
+            problem = f"the download failed: {type(exc).__name__}: {exc}"
+    raise WeightsMissingError(
+        f"LPIPS ({net}) needs torchvision's backbone weights '{name}': not in the torch cache "
+        f"({cached.parent}) and {problem}. Put the file from {url} in that folder or in a folder "
+        f"given with --weights DIR / IMGTUNE_WEIGHTS, or leave LPIPS out with --metrics "
+        f"{WEIGHT_FREE} (weight-free metrics)."
+    )
+
+
+def _hash_prefix(name: str) -> str | None:
+    # torchvision names checkpoints '<model>-<sha256 prefix>.pth'; torch.hub checks that prefix.
+    m = re.search(r"-([a-f0-9]{6,})\.", name)
+    return m.group(1) if m else None
+
+
+def load_lpips_network(net: str = "alex", weights_dir: str | Path | None = None, *,
+                       allow_download: bool = True):
+    """The `lpips.LPIPS` module with its package linear layers and the real backbone checkpoint.
+
+    Raises `WeightsMissingError` before building anything when the checkpoint cannot be found.
+    """
+    path = find_backbone_weights(net, weights_dir, allow_download=allow_download)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt file is reported with its name
+        raise WeightsMissingError(f"LPIPS backbone weights {path} could not be read: {exc}") from exc
+    return _build(net, state, path)
+
+
+def _build(net: str, backbone_state: dict[str, torch.Tensor], source: Path | str):
+    import lpips
+
+    with warnings.catch_warnings():
+        # Build the architecture without touching the network; every backbone tensor is
+        # overwritten from `backbone_state` below, and a missing one is an error.
+        warnings.simplefilter("ignore")
+        module = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+    own = module.net.state_dict()
+    mapped = {}
+    for key in own:
+        tv_key = re.sub(r"^slice\d+\.", "features.", key)
+        if tv_key not in backbone_state:
+            raise WeightsMissingError(
+                f"{source} is not torchvision's {net} checkpoint: it lacks '{tv_key}'"
+            )
+        if backbone_state[tv_key].shape != own[key].shape:
+            raise WeightsMissingError(
+                f"{source}: '{tv_key}' has shape {tuple(backbone_state[tv_key].shape)}, "
+                f"expected {tuple(own[key].shape)}"
+            )
+        mapped[key] = backbone_state[tv_key]
+    module.net.load_state_dict(mapped, strict=True)
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+@dataclass
+class _Prepared:
+    features: list[torch.Tensor]
+    size: tuple[int, int]
+
+
+class LPIPS(Metric):
+    """LPIPS distance (0 = identical) and `lpips_p95`, the 95th percentile of its spatial map.
+
+    `network` is an `lpips.LPIPS` module, by default the one `load_lpips_network` returns; inputs
+    are [0, 1] and scaled to [-1, 1] inside. Grey inputs are repeated to three channels.
+    """
+
+    name = "lpips"
+    outputs = (OUTPUTS["lpips"], OUTPUTS["lpips_p95"])
+
+    def __init__(self, device="auto", *, net: str = "alex", weights_dir=None,
+                 allow_download: bool = True, network=None) -> None:
+        super().__init__(device)
+        self.net_name = net
+        self.min_side = BACKBONES[net][1] if net in BACKBONES else 32
+        if network is None:
+            network = load_lpips_network(net, weights_dir, allow_download=allow_download)
+        self.network = network.to(self.device).eval()
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        import lpips
+
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        outs = self.network.net(self.network.scaling_layer(2 * x - 1))
+        return [lpips.normalize_tensor(o) for o in outs]
+
+    def prepare(self, reference: torch.Tensor) -> _Prepared:
+        with torch.no_grad():
+            feats = self._features(reference)
+        return _Prepared(features=feats, size=(reference.shape[2], reference.shape[3]))
+
+    def score(self, candidates: torch.Tensor, prepared: _Prepared) -> dict[str, torch.Tensor]:
+        feats = self._features(candidates)
+        value = 0
+        spatial = 0
+        for lin, f, r in zip(self.network.lins, feats, prepared.features, strict=True):
+            layer = lin((f - r) ** 2)  # (N, 1, h, w)
+            value = value + layer.mean(dim=(2, 3))
+            # As lpips's spatial=True: each layer's map upsampled bilinearly to the input size.
+            spatial = spatial + F.interpolate(layer, size=prepared.size, mode="bilinear",
+                                              align_corners=False)
+        return {
+            "lpips": value.flatten(),
+            "lpips_p95": percentile(spatial.flatten(1), 95.0),
+        }

@@ -1,0 +1,163 @@
+"""`score`: compare candidate images with their references, one pair or two folders.
+
+The Python API behind `imgtune score`. Loading goes through `images.load`, so every bad input
+becomes a one-line `Problem` naming the file, and the run goes on with the other pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, load
+from .metrics.catalog import OUTPUTS
+from .outcome import RunCounts
+from .targets import Target
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .metrics.suite import MetricSuite, Scores
+
+__all__ = ["PairResult", "Problem", "ScoreReport", "pair_files", "score_dirs", "score_pair"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An input that was skipped: the file at fault and a one-line message that names it."""
+
+    path: Path | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class PairResult:
+    name: str
+    reference: Path
+    candidate: Path
+    scores: Scores
+    missed: tuple[str, ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "reference": str(self.reference),
+                "candidate": str(self.candidate), **self.scores.as_dict(),
+                "meets_target": not self.missed, "missed": list(self.missed)}
+
+
+@dataclass
+class ScoreReport:
+    results: list[PairResult] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def counts(self) -> RunCounts:
+        missed = sum(1 for r in self.results if r.missed)
+        return RunCounts(done=len(self.results) - missed, skipped=len(self.problems),
+                         missed=missed)
+
+    def frame(self) -> pd.DataFrame:
+        """One row per scored pair (the CSV report)."""
+        import pandas as pd
+
+        rows = [r.record() for r in self.results]
+        for row in rows:
+            row["missed"] = ";".join(row["missed"])
+        return pd.DataFrame(rows)
+
+    def summary(self) -> pd.DataFrame:
+        """Per metric: count, mean, worst (by the metric's own direction)."""
+        import pandas as pd
+
+        df = self.frame()
+        rows = []
+        for name in [c for c in df.columns if c in OUTPUTS]:
+            col = df[name].astype(float)
+            worst = col.min() if OUTPUTS[name].higher_is_better else col.max()
+            rows.append({"metric": name, "count": int(col.count()), "mean": float(col.mean()),
+                         "worst": float(worst)})
+        return pd.DataFrame(rows)
+
+    def level_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[r.scores.level] = out.get(r.scores.level, 0) + 1
+        return out
+
+
+def score_pair(reference: str | Path, candidate: str | Path, suite: MetricSuite, *,
+               target: Target | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               animated: str = "refuse", name: str | None = None) -> PairResult:
+    """Score one candidate file against its reference file (raises `ImageError`/`ValueError`)."""
+    ref = load(reference, max_pixels=max_pixels, min_side=suite.min_side, animated=animated)
+    cand = load(candidate, max_pixels=max_pixels, min_side=suite.min_side, animated=animated)
+    if (ref.width, ref.height) != (cand.width, cand.height):
+        raise ValueError(
+            f"{candidate}: is {cand.width}x{cand.height} but its reference {reference} is "
+            f"{ref.width}x{ref.height}; scores need equal sizes"
+        )
+    scores = suite.score_pair(ref.pixels, cand.pixels)
+    missed = tuple(str(c) for c in target.failures(scores.values)) if target else ()
+    return PairResult(name or Path(candidate).name, Path(reference), Path(candidate), scores,
+                      missed)
+
+
+def _index(root: Path) -> tuple[dict[str, Path], list[Problem]]:
+    by_key: dict[str, list[Path]] = {}
+    for p in iter_image_files(root):
+        key = p.relative_to(root).with_suffix("").as_posix()
+        by_key.setdefault(key, []).append(p)
+    index, problems = {}, []
+    for key, paths in by_key.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            problems.append(Problem(paths[0].parent, f"{key}: ambiguous, several files ({names})"))
+        else:
+            index[key] = paths[0]
+    return index, problems
+
+
+def pair_files(dir_a: str | Path, dir_b: str | Path) -> tuple[list[tuple[str, Path, Path]],
+                                                            list[Problem]]:
+    """Pair images by relative path without extension (`a/x.png` with `b/x.webp`)."""
+    a, pa = _index(Path(dir_a))
+    b, pb = _index(Path(dir_b))
+    pairs = [(k, a[k], b[k]) for k in sorted(a.keys() & b.keys())]
+    problems = pa + pb
+    problems += [Problem(a[k], f"{a[k]}: no counterpart in {dir_b}") for k in sorted(a.keys() - b.keys())]
+    problems += [Problem(b[k], f"{b[k]}: no counterpart in {dir_a}") for k in sorted(b.keys() - a.keys())]
+    return pairs, problems
+
+
+def score_dirs(dir_a: str | Path, dir_b: str | Path, suite: MetricSuite, *,
+               target: Target | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               animated: str = "refuse",
+               on_result: Callable[[PairResult | Problem], None] | None = None,
+               pairs: Iterable[tuple[str, Path, Path]] | None = None) -> ScoreReport:
+    """Score every pair of two folders; unpaired and unreadable files become `problems`."""
+    report = ScoreReport()
+    if pairs is None:
+        pairs, report.problems = pair_files(dir_a, dir_b)
+        if on_result:
+            for p in report.problems:
+                on_result(p)
+    try:
+        for key, ra, cb in pairs:
+            try:
+                item: PairResult | Problem = score_pair(
+                    ra, cb, suite, target=target, max_pixels=max_pixels, animated=animated,
+                    name=key)
+                report.results.append(item)
+            except (ImageError, ValueError) as exc:
+                item = Problem(getattr(exc, "path", cb), str(exc))
+                report.problems.append(item)
+            if on_result:
+                on_result(item)
+    except KeyboardInterrupt:
+        report.interrupted = True
+    return report

@@ -1,0 +1,111 @@
+"""Shared fixtures: sample images, codec round trips, and LPIPS with a random backbone.
+
+Pretrained LPIPS backbones cannot be downloaded here, so `random_weights_dir` saves a randomly
+initialised torchvision checkpoint under the real file name; the production loader then reads it
+exactly as it would read the real one (same class, same code path, different numbers).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_images"
+SHARED = ROOT.parent / "shared"
+
+
+def sample_paths() -> list[Path]:
+    return sorted(SAMPLES.glob("*.png"))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def blur(pixels: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    from PIL import ImageFilter
+
+    return np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(sigma)))
+
+
+def noise(pixels: np.ndarray, sigma: float = 8.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(pixels + rng.normal(0, sigma, pixels.shape), 0, 255).astype(np.uint8)
+
+
+def to_tensor(pixels: np.ndarray):
+    import torch
+
+    arr = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    return torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+
+
+@pytest.fixture(scope="session")
+def random_weights_dir(tmp_path_factory) -> Path:
+    """A weights folder with a *randomly initialised* AlexNet checkpoint under its real name."""
+    import torch
+    import torchvision.models as tvm
+
+    from optimizer.metrics.lpips_metric import backbone_weights_file
+
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tvm.alexnet()
+    torch.save(model.state_dict(), d / backbone_weights_file("alex")[0])
+    return d
+
+
+def adobe_rgb_like_icc() -> bytes:
+    """A minimal ICC v2 matrix/TRC RGB profile (Adobe RGB 1998 primaries, D50, gamma 2.2).
+
+    Pillow can only synthesise sRGB/LAB/XYZ profiles and no .icc file ships with this machine, so
+    the test builds a real wide-gamut one byte by byte (ICC.1:2001-04, sections 6 and 6.5).
+    """
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(x, y, z) -> bytes:
+        return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
+
+    curv = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, 563) + b"\0\0"  # gamma 563/256 = 2.2
+    text = b"Adobe RGB like (test)\0"
+    desc = (b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text
+            + struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\0" * 67)
+    desc += b"\0" * (-len(desc) % 4)
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.6097, 0.3111, 0.0195)),
+        (b"gXYZ", xyz(0.2053, 0.6257, 0.0609)),
+        (b"bXYZ", xyz(0.1492, 0.0632, 0.7446)),
+        (b"rTRC", curv), (b"gTRC", curv), (b"bTRC", curv),
+        (b"cprt", b"text" + b"\0" * 4 + b"CC0\0"),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body + b"\0" * (-len(body) % 4)
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + b"\0" * 8
+              + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 4
+              + b"\0" * 16 + b"\0" * 28)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
