@@ -26,7 +26,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line (greppable)
 
 
 def _version(value: bool) -> None:
@@ -37,23 +37,39 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """imgtune: smallest files that still meet a perceptual-quality target."""
 
 
-MetricsOpt = Annotated[str, typer.Option(
-    "--metrics", "-m",
-    help="Comma-separated metrics: lpips, ssim, ms_ssim, psnr. LPIPS needs the AlexNet backbone "
-         "weights (downloaded once into the torch cache, or --weights DIR); 'ssim,ms_ssim,psnr' "
-         "needs none.")]
-WeightsOpt = Annotated[Path | None, typer.Option(
-    "--weights", envvar="IMGTUNE_WEIGHTS",
-    help="Folder holding torchvision's backbone checkpoint for LPIPS (e.g. "
-         "alexnet-owt-7be5be79.pth); nothing is downloaded when given.")]
-DeviceOpt = Annotated[str, typer.Option(
-    "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")]
+MetricsOpt = Annotated[
+    str,
+    typer.Option(
+        "--metrics",
+        "-m",
+        help="Comma-separated metrics: lpips, ssim, ms_ssim, psnr. LPIPS needs the AlexNet "
+        "backbone "
+        "weights (downloaded once into the torch cache, or --weights DIR); 'ssim,ms_ssim,psnr' "
+        "needs none.",
+    ),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights",
+        envvar="IMGTUNE_WEIGHTS",
+        help="Folder holding torchvision's backbone checkpoint for LPIPS (e.g. "
+        "alexnet-owt-7be5be79.pth); nothing is downloaded when given.",
+    ),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+]
 
 
 def _fmt(value: float) -> str:
@@ -71,14 +87,20 @@ def _clean(record: dict) -> dict:
     return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
 
 
-def _build_suite(metrics: str, composite: str | None, lpips_net: str, weights: Path | None,
-                 device: str):
+def _build_suite(
+    metrics: str, composite: str | None, lpips_net: str, weights: Path | None, device: str
+):
     from .metrics import MetricSuite, WeightsMissingError
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     try:
-        return MetricSuite.build(names, device=device, composite_weights=composite,
-                                 lpips_net=lpips_net, weights_dir=weights)
+        return MetricSuite.build(
+            names,
+            device=device,
+            composite_weights=composite,
+            lpips_net=lpips_net,
+            weights_dir=weights,
+        )
     except WeightsMissingError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(ExitCode.NOTHING_DONE) from None
@@ -90,26 +112,51 @@ def _build_suite(metrics: str, composite: str | None, lpips_net: str, weights: P
 @app.command(epilog=EXIT_CODES_HELP)
 def score(
     reference: Annotated[Path, typer.Argument(help="Reference image, or a folder of them.")],
-    candidate: Annotated[Path, typer.Argument(
-        help="Candidate image, or a folder paired with REFERENCE by relative path "
-             "(the extension may differ: ref/a.png pairs with out/a.webp).")],
+    candidate: Annotated[
+        Path,
+        typer.Argument(
+            help="Candidate image, or a folder paired with REFERENCE by relative path "
+            "(the extension may differ: ref/a.png pairs with out/a.webp)."
+        ),
+    ],
     metrics: MetricsOpt = "lpips,ssim,ms_ssim,psnr",
-    composite: Annotated[str | None, typer.Option(
-        help="Composite weights, e.g. 'lpips=0.3,ssim=0.3,psnr=0.1' (the default, renormalised "
-             "over the enabled metrics).")] = None,
-    target: Annotated[str | None, typer.Option(
-        help="Quality target each pair must meet, e.g. 'composite>=0.9,ssim_p5>=0.85'.")] = None,
+    composite: Annotated[
+        str | None,
+        typer.Option(
+            help="Composite weights, e.g. 'lpips=0.3,ssim=0.3,psnr=0.1' (the default, renormalised "
+            "over the enabled metrics)."
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Quality target each pair must meet, e.g. 'composite>=0.9,ssim_p5>=0.85'."
+        ),
+    ] = None,
     lpips_net: Annotated[str, typer.Option(help="LPIPS backbone: alex, squeeze or vgg.")] = "alex",
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="Machine output on stdout: one JSON object (two files) or NDJSON, one line "
-                       "per pair then a summary line (folders).")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Machine output on stdout: one JSON object (two files) or NDJSON, one line "
+            "per pair then a summary line (folders).",
+        ),
+    ] = False,
     csv: Annotated[Path | None, typer.Option(help="Write the per-pair table to this CSV.")] = None,
-    max_pixels: Annotated[int | None, typer.Option(
-        help="Decompression-bomb limit in pixels (Pillow's default, ~89 MP, if not given).")] = None,
-    animated: Annotated[str, typer.Option(
-        help="Animated inputs: 'refuse' (default) or 'first' (score the first frame).")] = "refuse",
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help="Decompression-bomb limit in pixels (Pillow's default, ~89 MP, if not given)."
+        ),
+    ] = None,
+    animated: Annotated[
+        str,
+        typer.Option(
+            help="Animated inputs: 'refuse' (default) or 'first' (score the first frame)."
+        ),
+    ] = "refuse",
 ) -> None:
     """Score CANDIDATE against REFERENCE with every metric, the composite and its quality level."""
     from .images import DEFAULT_MAX_PIXELS
@@ -143,8 +190,9 @@ def _score_files(reference, candidate, suite, tgt, limit, animated, as_json, csv
     from .scoring import ScoreReport, score_pair
 
     try:
-        result = score_pair(reference, candidate, suite, target=tgt, max_pixels=limit,
-                            animated=animated)
+        result = score_pair(
+            reference, candidate, suite, target=tgt, max_pixels=limit, animated=animated
+        )
     except (ImageError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(ExitCode.NOTHING_DONE) from None
@@ -164,17 +212,31 @@ def _score_files(reference, candidate, suite, tgt, limit, animated, as_json, csv
             if name == "composite":
                 continue
             table.add_row(name, _fmt(result.scores[name]), OUTPUTS[name].description)
-        table.add_row("composite", _fmt(result.scores.composite),
-                      f"{suite.composite.describe()}", style="bold")
-        table.add_row("level", result.scores.level, "excellent>=0.9 very_good>=0.8 good>=0.7 "
-                      "acceptable>=0.6 poor>=0.5", style="bold")
+        table.add_row(
+            "composite",
+            _fmt(result.scores.composite),
+            f"{suite.composite.describe()}",
+            style="bold",
+        )
+        table.add_row(
+            "level",
+            result.scores.level,
+            "excellent>=0.9 very_good>=0.8 good>=0.7 acceptable>=0.6 poor>=0.5",
+            style="bold",
+        )
         if result.scores.lpips_category:
-            table.add_row("lpips category", result.scores.lpips_category,
-                          "excellent<0.1 good<0.2 acceptable<0.4")
+            table.add_row(
+                "lpips category",
+                result.scores.lpips_category,
+                "excellent<0.1 good<0.2 acceptable<0.4",
+            )
         out.print(table)
         if tgt:
-            verdict = ("[green]meets[/green]" if not result.missed
-                       else f"[red]misses[/red] {', '.join(result.missed)}")
+            verdict = (
+                "[green]meets[/green]"
+                if not result.missed
+                else f"[red]misses[/red] {', '.join(result.missed)}"
+            )
             out.print(f"target {tgt}: {verdict}")
     raise typer.Exit(ExitCode.TARGET_MISSED if result.missed else ExitCode.OK)
 
@@ -194,51 +256,84 @@ def _score_dirs(reference, candidate, suite, tgt, limit, animated, as_json, csv)
     for p in problems:
         err.print(f"[yellow]skipped:[/yellow] {p}", highlight=False)
         if as_json:
-            out.out(json.dumps({"type": "problem", "path": str(p.path), "reason": str(p)}),
-                    highlight=False)
+            out.out(
+                json.dumps({"type": "problem", "path": str(p.path), "reason": str(p)}),
+                highlight=False,
+            )
 
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-                        disable=not err.is_terminal, transient=True)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not err.is_terminal,
+        transient=True,
+    )
 
     def on_result(item) -> None:
         progress.advance(task)
         if isinstance(item, PairResult):
             if as_json:
-                out.out(json.dumps({"type": "pair", **_clean(item.record())},
-                                   default=_json_default), highlight=False)
+                out.out(
+                    json.dumps({"type": "pair", **_clean(item.record())}, default=_json_default),
+                    highlight=False,
+                )
         else:
             err.print(f"[yellow]skipped:[/yellow] {item}", highlight=False)
             if as_json:
-                out.out(json.dumps({"type": "problem", "path": str(item.path),
-                                    "reason": str(item)}), highlight=False)
+                out.out(
+                    json.dumps({"type": "problem", "path": str(item.path), "reason": str(item)}),
+                    highlight=False,
+                )
 
     with progress:
         task = progress.add_task("scoring", total=len(pairs))
-        report = score_dirs(reference, candidate, suite, target=tgt, max_pixels=limit,
-                            animated=animated, on_result=on_result, pairs=pairs)
+        report = score_dirs(
+            reference,
+            candidate,
+            suite,
+            target=tgt,
+            max_pixels=limit,
+            animated=animated,
+            on_result=on_result,
+            pairs=pairs,
+        )
     report.problems[:0] = problems
     counts = report.counts
     if csv and report.results:
         _write_csv(report, csv)
     summary = report.summary() if report.results else None
     if as_json:
-        out.out(json.dumps({
-            "type": "summary", "pairs": len(report.results), "skipped": counts.skipped,
-            "missed_target": counts.missed, "interrupted": report.interrupted,
-            "levels": report.level_counts(),
-            "metrics": [] if summary is None else [_clean(r) for r in summary.to_dict("records")],
-            "composite_weights": suite.composite.as_dict(),
-        }), highlight=False)
+        out.out(
+            json.dumps(
+                {
+                    "type": "summary",
+                    "pairs": len(report.results),
+                    "skipped": counts.skipped,
+                    "missed_target": counts.missed,
+                    "interrupted": report.interrupted,
+                    "levels": report.level_counts(),
+                    "metrics": []
+                    if summary is None
+                    else [_clean(r) for r in summary.to_dict("records")],
+                    "composite_weights": suite.composite.as_dict(),
+                }
+            ),
+            highlight=False,
+        )
     else:
         if summary is not None:
-            table = Table(title=f"{len(report.results)} pairs scored, {counts.skipped} skipped",
-                          title_justify="left")
+            table = Table(
+                title=f"{len(report.results)} pairs scored, {counts.skipped} skipped",
+                title_justify="left",
+            )
             for col in ("metric", "count", "mean", "worst"):
                 table.add_column(col, justify="left" if col == "metric" else "right")
             for row in summary.to_dict("records"):
-                table.add_row(row["metric"], str(row["count"]), _fmt(row["mean"]),
-                              _fmt(row["worst"]))
+                table.add_row(
+                    row["metric"], str(row["count"]), _fmt(row["mean"]), _fmt(row["worst"])
+                )
             out.print(table)
             levels = report.level_counts()
             out.print("quality levels: " + ", ".join(f"{k} {v}" for k, v in levels.items()))

@@ -134,7 +134,7 @@ def _allow_pixels(max_pixels: int) -> None:
     # Pillow refuses outright at twice MAX_IMAGE_PIXELS, before we can look at the size; raise its
     # ceiling (never lower it) so that our own, explicit limit is the one that decides.
     with _limit_lock:
-        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
             Image.MAX_IMAGE_PIXELS = max_pixels
 
 

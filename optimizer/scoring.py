@@ -44,9 +44,14 @@ class PairResult:
     missed: tuple[str, ...] = ()
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "reference": str(self.reference),
-                "candidate": str(self.candidate), **self.scores.as_dict(),
-                "meets_target": not self.missed, "missed": list(self.missed)}
+        return {
+            "name": self.name,
+            "reference": str(self.reference),
+            "candidate": str(self.candidate),
+            **self.scores.as_dict(),
+            "meets_target": not self.missed,
+            "missed": list(self.missed),
+        }
 
 
 @dataclass
@@ -58,8 +63,7 @@ class ScoreReport:
     @property
     def counts(self) -> RunCounts:
         missed = sum(1 for r in self.results if r.missed)
-        return RunCounts(done=len(self.results) - missed, skipped=len(self.problems),
-                         missed=missed)
+        return RunCounts(done=len(self.results) - missed, skipped=len(self.problems), missed=missed)
 
     def frame(self) -> pd.DataFrame:
         """One row per scored pair (the CSV report)."""
@@ -79,8 +83,14 @@ class ScoreReport:
         for name in [c for c in df.columns if c in OUTPUTS]:
             col = df[name].astype(float)
             worst = col.min() if OUTPUTS[name].higher_is_better else col.max()
-            rows.append({"metric": name, "count": int(col.count()), "mean": float(col.mean()),
-                         "worst": float(worst)})
+            rows.append(
+                {
+                    "metric": name,
+                    "count": int(col.count()),
+                    "mean": float(col.mean()),
+                    "worst": float(worst),
+                }
+            )
         return pd.DataFrame(rows)
 
     def level_counts(self) -> dict[str, int]:
@@ -90,9 +100,16 @@ class ScoreReport:
         return out
 
 
-def score_pair(reference: str | Path, candidate: str | Path, suite: MetricSuite, *,
-               target: Target | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-               animated: str = "refuse", name: str | None = None) -> PairResult:
+def score_pair(
+    reference: str | Path,
+    candidate: str | Path,
+    suite: MetricSuite,
+    *,
+    target: Target | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    animated: str = "refuse",
+    name: str | None = None,
+) -> PairResult:
     """Score one candidate file against its reference file (raises `ImageError`/`ValueError`)."""
     ref = load(reference, max_pixels=max_pixels, min_side=suite.min_side, animated=animated)
     cand = load(candidate, max_pixels=max_pixels, min_side=suite.min_side, animated=animated)
@@ -103,8 +120,9 @@ def score_pair(reference: str | Path, candidate: str | Path, suite: MetricSuite,
         )
     scores = suite.score_pair(ref.pixels, cand.pixels)
     missed = tuple(str(c) for c in target.failures(scores.values)) if target else ()
-    return PairResult(name or Path(candidate).name, Path(reference), Path(candidate), scores,
-                      missed)
+    return PairResult(
+        name or Path(candidate).name, Path(reference), Path(candidate), scores, missed
+    )
 
 
 def _index(root: Path) -> tuple[dict[str, Path], list[Problem]]:
@@ -122,23 +140,34 @@ def _index(root: Path) -> tuple[dict[str, Path], list[Problem]]:
     return index, problems
 
 
-def pair_files(dir_a: str | Path, dir_b: str | Path) -> tuple[list[tuple[str, Path, Path]],
-                                                            list[Problem]]:
+def pair_files(
+    dir_a: str | Path, dir_b: str | Path
+) -> tuple[list[tuple[str, Path, Path]], list[Problem]]:
     """Pair images by relative path without extension (`a/x.png` with `b/x.webp`)."""
     a, pa = _index(Path(dir_a))
     b, pb = _index(Path(dir_b))
     pairs = [(k, a[k], b[k]) for k in sorted(a.keys() & b.keys())]
     problems = pa + pb
-    problems += [Problem(a[k], f"{a[k]}: no counterpart in {dir_b}") for k in sorted(a.keys() - b.keys())]
-    problems += [Problem(b[k], f"{b[k]}: no counterpart in {dir_a}") for k in sorted(b.keys() - a.keys())]
+    problems += [
+        Problem(a[k], f"{a[k]}: no counterpart in {dir_b}") for k in sorted(a.keys() - b.keys())
+    ]
+    problems += [
+        Problem(b[k], f"{b[k]}: no counterpart in {dir_a}") for k in sorted(b.keys() - a.keys())
+    ]
     return pairs, problems
 
 
-def score_dirs(dir_a: str | Path, dir_b: str | Path, suite: MetricSuite, *,
-               target: Target | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-               animated: str = "refuse",
-               on_result: Callable[[PairResult | Problem], None] | None = None,
-               pairs: Iterable[tuple[str, Path, Path]] | None = None) -> ScoreReport:
+def score_dirs(
+    dir_a: str | Path,
+    dir_b: str | Path,
+    suite: MetricSuite,
+    *,
+    target: Target | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    animated: str = "refuse",
+    on_result: Callable[[PairResult | Problem], None] | None = None,
+    pairs: Iterable[tuple[str, Path, Path]] | None = None,
+) -> ScoreReport:
     """Score every pair of two folders; unpaired and unreadable files become `problems`."""
     report = ScoreReport()
     if pairs is None:
@@ -150,8 +179,8 @@ def score_dirs(dir_a: str | Path, dir_b: str | Path, suite: MetricSuite, *,
         for key, ra, cb in pairs:
             try:
                 item: PairResult | Problem = score_pair(
-                    ra, cb, suite, target=target, max_pixels=max_pixels, animated=animated,
-                    name=key)
+                    ra, cb, suite, target=target, max_pixels=max_pixels, animated=animated, name=key
+                )
                 report.results.append(item)
             except (ImageError, ValueError) as exc:
                 item = Problem(getattr(exc, "path", cb), str(exc))

@@ -15,7 +15,9 @@ from .metrics.catalog import OUTPUTS
 
 __all__ = ["Clause", "Target", "TargetError", "parse_target"]
 
-_CLAUSE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+_CLAUSE = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$"
+)
 
 
 class TargetError(ValueError):

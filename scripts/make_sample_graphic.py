@@ -16,7 +16,9 @@ def make() -> Image.Image:
     im = Image.new("RGB", (480, 320), (246, 246, 240))
     d = ImageDraw.Draw(im)
     d.rectangle((0, 0, 479, 64), fill=(20, 60, 140))
-    d.text((16, 14), "imgtune sample graphic", fill=(255, 255, 255), font=ImageFont.load_default(28))
+    d.text(
+        (16, 14), "imgtune sample graphic", fill=(255, 255, 255), font=ImageFont.load_default(28)
+    )
     small = ImageFont.load_default(13)
     for i, line in enumerate(
         [

@@ -85,8 +85,15 @@ def adobe_rgb_like_icc() -> bytes:
 
     curv = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, 563) + b"\0\0"  # gamma 563/256 = 2.2
     text = b"Adobe RGB like (test)\0"
-    desc = (b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text
-            + struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\0" * 67)
+    desc = (
+        b"desc"
+        + b"\0" * 4
+        + struct.pack(">I", len(text))
+        + text
+        + struct.pack(">II", 0, 0)
+        + struct.pack(">HB", 0, 0)
+        + b"\0" * 67
+    )
     desc += b"\0" * (-len(desc) % 4)
     tags = [
         (b"desc", desc),
@@ -94,7 +101,9 @@ def adobe_rgb_like_icc() -> bytes:
         (b"rXYZ", xyz(0.6097, 0.3111, 0.0195)),
         (b"gXYZ", xyz(0.2053, 0.6257, 0.0609)),
         (b"bXYZ", xyz(0.1492, 0.0632, 0.7446)),
-        (b"rTRC", curv), (b"gTRC", curv), (b"bTRC", curv),
+        (b"rTRC", curv),
+        (b"gTRC", curv),
+        (b"bTRC", curv),
         (b"cprt", b"text" + b"\0" * 4 + b"CC0\0"),
     ]
     offset = 128 + 4 + 12 * len(tags)
@@ -103,9 +112,24 @@ def adobe_rgb_like_icc() -> bytes:
         table += sig + struct.pack(">II", offset + len(data), len(body))
         data += body + b"\0" * (-len(body) % 4)
     size = offset + len(data)
-    header = (struct.pack(">I", size) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
-              + b"\0" * 12 + b"acsp" + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + b"\0" * 8
-              + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 4
-              + b"\0" * 16 + b"\0" * 28)
+    header = (
+        struct.pack(">I", size)
+        + b"none"
+        + bytes([2, 0x10, 0, 0])
+        + b"mntrRGB XYZ "
+        + b"\0" * 12
+        + b"acsp"
+        + b"\0" * 4
+        + b"\0" * 4
+        + b"\0" * 8
+        + b"\0" * 8
+        + struct.pack(">I", 0)
+        + s15(0.9642)
+        + s15(1.0)
+        + s15(0.8249)
+        + b"\0" * 4
+        + b"\0" * 16
+        + b"\0" * 28
+    )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + data

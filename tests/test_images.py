@@ -64,7 +64,8 @@ def test_not_an_image(tmp_path):
 def test_truncated(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
-        buf, "JPEG", quality=90)
+        buf, "JPEG", quality=90
+    )
     p = tmp_path / "cut.jpg"
     p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(TruncatedImageError) as e:

@@ -86,7 +86,9 @@ class Metric(ABC):
     def score(self, candidates: torch.Tensor, prepared: Any) -> dict[str, torch.Tensor]:
         """Score an (N, C, H, W) batch against a prepared reference."""
 
-    def __call__(self, candidates: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, candidates: torch.Tensor, reference: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         check_pair(candidates, reference)
         return self.score(candidates, self.prepare(reference))
 

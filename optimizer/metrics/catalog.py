@@ -43,8 +43,12 @@ OUTPUTS: dict[str, MetricOutput] = {
         _O("ssim_p5", True, "SSIM of the worst 5% of 32x32 tiles (worst region)", "ssim"),
         _O("ms_ssim", True, "multi-scale SSIM (1 = identical)", "ms_ssim"),
         _O("psnr", True, "peak signal-to-noise ratio in dB (inf = identical)", "psnr"),
-        _O("composite", True, "weighted sum of normalised metrics, 0..1 (1 = identical)",
-           "composite"),
+        _O(
+            "composite",
+            True,
+            "weighted sum of normalised metrics, 0..1 (1 = identical)",
+            "composite",
+        ),
     )
 }
 #: metric classes by name, in the order reports show them
@@ -54,7 +58,11 @@ DEFAULT_METRICS: tuple[str, ...] = METRICS
 DEFAULT_COMPOSITE_WEIGHTS: dict[str, float] = {"lpips": 0.3, "ssim": 0.3, "psnr": 0.1}
 #: composite -> quality level, highest first (the seed material's bands)
 COMPOSITE_LEVELS: tuple[tuple[float, str], ...] = (
-    (0.9, "excellent"), (0.8, "very_good"), (0.7, "good"), (0.6, "acceptable"), (0.5, "poor"),
+    (0.9, "excellent"),
+    (0.8, "very_good"),
+    (0.7, "good"),
+    (0.6, "acceptable"),
+    (0.5, "poor"),
 )
 
 

@@ -33,8 +33,11 @@ __all__ = [
 ]
 
 #: lpips network name -> (torchvision weights enum, smallest side the network accepts)
-BACKBONES = {"alex": ("AlexNet_Weights", 31), "squeeze": ("SqueezeNet1_1_Weights", 17),
-             "vgg": ("VGG16_Weights", 16)}
+BACKBONES = {
+    "alex": ("AlexNet_Weights", 31),
+    "squeeze": ("SqueezeNet1_1_Weights", 17),
+    "vgg": ("VGG16_Weights", 16),
+}
 WEIGHT_FREE = "ssim,ms_ssim,psnr"
 
 
@@ -98,8 +101,9 @@ def _hash_prefix(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def load_lpips_network(net: str = "alex", weights_dir: str | Path | None = None, *,
-                       allow_download: bool = True):
+def load_lpips_network(
+    net: str = "alex", weights_dir: str | Path | None = None, *, allow_download: bool = True
+):
     """The `lpips.LPIPS` module with its package linear layers and the real backbone checkpoint.
 
     Raises `WeightsMissingError` before building anything when the checkpoint cannot be found.
@@ -108,7 +112,9 @@ def load_lpips_network(net: str = "alex", weights_dir: str | Path | None = None,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt file is reported with its name
-        raise WeightsMissingError(f"LPIPS backbone weights {path} could not be read: {exc}") from exc
+        raise WeightsMissingError(
+            f"LPIPS backbone weights {path} could not be read: {exc}"
+        ) from exc
     return _build(net, state, path)
 
 
@@ -157,8 +163,15 @@ class LPIPS(Metric):
     name = "lpips"
     outputs = (OUTPUTS["lpips"], OUTPUTS["lpips_p95"])
 
-    def __init__(self, device="auto", *, net: str = "alex", weights_dir=None,
-                 allow_download: bool = True, network=None) -> None:
+    def __init__(
+        self,
+        device="auto",
+        *,
+        net: str = "alex",
+        weights_dir=None,
+        allow_download: bool = True,
+        network=None,
+    ) -> None:
         super().__init__(device)
         self.net_name = net
         self.min_side = BACKBONES[net][1] if net in BACKBONES else 32
@@ -187,8 +200,9 @@ class LPIPS(Metric):
             layer = lin((f - r) ** 2)  # (N, 1, h, w)
             value = value + layer.mean(dim=(2, 3))
             # As lpips's spatial=True: each layer's map upsampled bilinearly to the input size.
-            spatial = spatial + F.interpolate(layer, size=prepared.size, mode="bilinear",
-                                              align_corners=False)
+            spatial = spatial + F.interpolate(
+                layer, size=prepared.size, mode="bilinear", align_corners=False
+            )
         return {
             "lpips": value.flatten(),
             "lpips_p95": percentile(spatial.flatten(1), 95.0),

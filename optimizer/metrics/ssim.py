@@ -87,7 +87,8 @@ def _ssim_maps(x: torch.Tensor, ref: _Level, win: torch.Tensor, band_bytes: int)
 
 def ms_ssim_levels(height: int, width: int) -> int:
     """Scales MS-SSIM uses: five when the smaller side exceeds 160 (pytorch-msssim's rule), else
-    the most for which the coarsest scale still holds an 11x11 window (smaller side > 10 * 2**(L-1)).
+    the most for which the coarsest scale still holds an 11x11 window:
+    smaller side > 10 * 2**(L-1).
     """
     side = min(height, width)
     levels = 5
@@ -118,8 +119,10 @@ class SSIM(Metric):
 
     def score(self, candidates: torch.Tensor, prepared: _Level) -> dict[str, torch.Tensor]:
         win = _window(candidates.device, candidates.dtype)
-        bands = [s.mean(dim=1, keepdim=True) for s, _ in _ssim_maps(candidates, prepared, win,
-                                                                     self.band_bytes)]
+        bands = [
+            s.mean(dim=1, keepdim=True)
+            for s, _ in _ssim_maps(candidates, prepared, win, self.band_bytes)
+        ]
         smap = torch.cat(bands, dim=2)  # (N, 1, h, w), channel-averaged
         h, w = smap.shape[2:]
         tiles = F.adaptive_avg_pool2d(smap, (max(1, round(h / TILE)), max(1, round(w / TILE))))
@@ -154,8 +157,9 @@ class MSSSIM(Metric):
     def score(self, candidates: torch.Tensor, prepared: list[_Level]) -> dict[str, torch.Tensor]:
         win = _window(candidates.device, candidates.dtype)
         levels = len(prepared)
-        weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], dtype=candidates.dtype,
-                               device=candidates.device)
+        weights = torch.tensor(
+            MS_SSIM_WEIGHTS[:levels], dtype=candidates.dtype, device=candidates.device
+        )
         weights = weights / weights.sum()
         x, per_level = candidates, []
         for i, ref in enumerate(prepared):

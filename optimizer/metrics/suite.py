@@ -66,8 +66,14 @@ class PreparedReference:
     _colour: PreparedReference | None = field(default=None, repr=False)
 
 
-def build_metric(name: str, *, device="auto", lpips_net: str = "alex",
-                 weights_dir: str | Path | None = None, allow_download: bool = True) -> Metric:
+def build_metric(
+    name: str,
+    *,
+    device="auto",
+    lpips_net: str = "alex",
+    weights_dir: str | Path | None = None,
+    allow_download: bool = True,
+) -> Metric:
     """Create a metric by name; an unknown name lists the known ones."""
     if name == "ssim":
         from .ssim import SSIM
@@ -111,8 +117,14 @@ def _flatten_alpha(x: torch.Tensor, background: tuple[float, float, float] | Non
 class MetricSuite:
     """Metrics scored together, with the composite over the components they provide."""
 
-    def __init__(self, metrics: Sequence[Metric], *, composite: CompositeSpec | None = None,
-                 device="auto", batch_pixels: int = 8_000_000) -> None:
+    def __init__(
+        self,
+        metrics: Sequence[Metric],
+        *,
+        composite: CompositeSpec | None = None,
+        device="auto",
+        batch_pixels: int = 8_000_000,
+    ) -> None:
         if not metrics:
             raise ValueError("a metric suite needs at least one metric")
         self.device = resolve_device(device)
@@ -128,17 +140,32 @@ class MetricSuite:
         self.batch_pixels = batch_pixels
 
     @classmethod
-    def build(cls, names: Sequence[str] = DEFAULT_METRICS, *, device="auto",
-              composite_weights: str | dict[str, float] | None = None, lpips_net: str = "alex",
-              weights_dir: str | Path | None = None, allow_download: bool = True) -> MetricSuite:
+    def build(
+        cls,
+        names: Sequence[str] = DEFAULT_METRICS,
+        *,
+        device="auto",
+        composite_weights: str | dict[str, float] | None = None,
+        lpips_net: str = "alex",
+        weights_dir: str | Path | None = None,
+        allow_download: bool = True,
+    ) -> MetricSuite:
         """Build from metric names (LPIPS weights are located first, before any work)."""
         names = list(dict.fromkeys(names))
         for n in names:
             if n not in METRICS:
                 raise ValueError(f"unknown metric {n!r}; known: {', '.join(METRICS)}")
         dev = resolve_device(device)
-        metrics = [build_metric(n, device=dev, lpips_net=lpips_net, weights_dir=weights_dir,
-                                allow_download=allow_download) for n in names]
+        metrics = [
+            build_metric(
+                n,
+                device=dev,
+                lpips_net=lpips_net,
+                weights_dir=weights_dir,
+                allow_download=allow_download,
+            )
+            for n in names
+        ]
         provided = [o.name for m in metrics for o in m.outputs]
         if composite_weights is None:
             spec = CompositeSpec.from_mapping(DEFAULT_COMPOSITE_WEIGHTS, available=provided)
@@ -156,22 +183,29 @@ class MetricSuite:
         """What produced these numbers: recorded in reports, studies and presets."""
         return {
             "metrics": [
-                {"name": m.name, "version": m.version,
-                 **({"net": m.net_name} if hasattr(m, "net_name") else {})}
+                {
+                    "name": m.name,
+                    "version": m.version,
+                    **({"net": m.net_name} if hasattr(m, "net_name") else {}),
+                }
                 for m in self.metrics
             ],
             "composite": self.composite.as_dict(),
             "alpha_backgrounds": [list(b) for b in ALPHA_BACKGROUNDS],
         }
 
-    def prepare(self, reference: np.ndarray, *,
-                background: tuple[int, int, int] | None = None) -> PreparedReference:
+    def prepare(
+        self, reference: np.ndarray, *, background: tuple[int, int, int] | None = None
+    ) -> PreparedReference:
         """Prepare a uint8 H x W x C reference once; alpha is judged over black and white, or
         over `background` (0..255 RGB) alone when the output will be flattened onto it."""
         ref = _to_tensor(reference, self.device)
         if ref.shape[1] in (2, 4):
-            bgs = ((tuple(c / 255.0 for c in background),) if background is not None
-                   else ALPHA_BACKGROUNDS)
+            bgs = (
+                (tuple(c / 255.0 for c in background),)
+                if background is not None
+                else ALPHA_BACKGROUNDS
+            )
         else:
             bgs = None
         tensors = [_flatten_alpha(ref, bg) for bg in (bgs or (None,))]
@@ -185,8 +219,9 @@ class MetricSuite:
             tensors = [t.expand(-1, 3, -1, -1).contiguous() for t in prepared.tensors]
             with torch.no_grad():
                 per_bg = [{m.name: m.prepare(t) for m in self.metrics} for t in tensors]
-            prepared._colour = PreparedReference(prepared.shape, prepared.backgrounds, per_bg,
-                                                 tensors)
+            prepared._colour = PreparedReference(
+                prepared.shape, prepared.backgrounds, per_bg, tensors
+            )
         return prepared._colour
 
     def score(self, prepared: PreparedReference, candidates: Sequence[np.ndarray]) -> list[Scores]:
@@ -203,7 +238,9 @@ class MetricSuite:
             out.extend(self._score_batch(prepared, candidates[start : start + chunk]))
         return out
 
-    def _score_batch(self, prepared: PreparedReference, batch: Sequence[np.ndarray]) -> list[Scores]:
+    def _score_batch(
+        self, prepared: PreparedReference, batch: Sequence[np.ndarray]
+    ) -> list[Scores]:
         x = torch.cat([_to_tensor(c, self.device) for c in batch], dim=0)
         ref_colour = prepared.tensors[0].shape[1]
         cand_colour = x.shape[1] - (1 if x.shape[1] in (2, 4) else 0)
@@ -211,8 +248,9 @@ class MetricSuite:
             prepared = self._colour_version(prepared)
         worst: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for bg, state in zip(prepared.backgrounds or (None,), prepared.per_background,
-                                 strict=True):
+            for bg, state in zip(
+                prepared.backgrounds or (None,), prepared.per_background, strict=True
+            ):
                 xb = _flatten_alpha(x, bg)
                 if xb.shape[1] == 1 and prepared.tensors[0].shape[1] == 3:
                     xb = xb.expand(-1, 3, -1, -1)
@@ -229,11 +267,13 @@ class MetricSuite:
         for i in range(len(batch)):
             values = {k: float(v[i]) for k, v in columns.items()}
             values["composite"] = float(self.composite.value(values))
-            results.append(Scores(
-                values=values,
-                level=quality_level(values["composite"]),
-                lpips_category=lpips_category(values["lpips"]) if "lpips" in values else None,
-            ))
+            results.append(
+                Scores(
+                    values=values,
+                    level=quality_level(values["composite"]),
+                    lpips_category=lpips_category(values["lpips"]) if "lpips" in values else None,
+                )
+            )
         return results
 
     def score_pair(self, reference: np.ndarray, candidate: np.ndarray) -> Scores:
