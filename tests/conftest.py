@@ -45,6 +45,21 @@ def noise(pixels: np.ndarray, sigma: float = 8.0, seed: int = 0) -> np.ndarray:
     return np.clip(pixels + rng.normal(0, sigma, pixels.shape), 0, 255).astype(np.uint8)
 
 
+def skimage_ssim(ref: np.ndarray, dist: np.ndarray) -> float:
+    """The SSIM reference: skimage with the Wang et al. Gaussian settings, on uint8 H x W [x C]."""
+    from skimage.metrics import structural_similarity
+
+    return structural_similarity(
+        ref / 255.0,
+        dist / 255.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1,
+        channel_axis=-1 if ref.ndim == 3 else None,
+    )
+
+
 def to_tensor(pixels: np.ndarray):
     import torch
 

@@ -7,13 +7,13 @@ import pytest
 import pytorch_msssim
 import torch
 from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import peak_signal_noise_ratio
 
 from optimizer.metrics._base import percentile
 from optimizer.metrics.psnr import PSNR, psnr
 from optimizer.metrics.ssim import MS_SSIM_WEIGHTS, MSSSIM, SSIM, ms_ssim, ms_ssim_levels, ssim
 
-from .conftest import blur, jpeg, noise, read_rgb, sample_paths, to_tensor
+from .conftest import blur, jpeg, noise, read_rgb, sample_paths, skimage_ssim, to_tensor
 
 DISTORTIONS = {
     "jpeg30": lambda a: jpeg(a, 30),
@@ -37,22 +37,10 @@ def _pairs():
         yield pytest.param(a, b, id=f"random{i}")
 
 
-def _skimage_ssim(a, b):
-    return structural_similarity(
-        a / 255.0,
-        b / 255.0,
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-        data_range=1,
-        channel_axis=-1,
-    )
-
-
 @pytest.mark.parametrize(("ref", "dist"), list(_pairs()))
 def test_ssim_msssim_psnr_match_references(ref, dist):
     x, y = to_tensor(dist), to_tensor(ref)
-    assert abs(ssim(x, y).item() - _skimage_ssim(ref, dist)) < 1e-4
+    assert abs(ssim(x, y).item() - skimage_ssim(ref, dist)) < 1e-4
     assert abs(ms_ssim(x, y).item() - pytorch_msssim.ms_ssim(x, y, data_range=1).item()) < 1e-4
     expected_psnr = peak_signal_noise_ratio(ref / 255.0, dist / 255.0, data_range=1)
     assert abs(psnr(x, y).item() - expected_psnr) < 1e-3
@@ -63,14 +51,7 @@ def test_grey_ssim_matches_skimage():
         __import__("PIL.Image").Image.open(sample_paths()[0].parent / "tiger_grayscale_cc0.png")
     )
     dist = jpeg(np.repeat(ref[:, :, None], 3, 2), 40)[:, :, 0]
-    expected = structural_similarity(
-        ref / 255.0,
-        dist / 255.0,
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-        data_range=1,
-    )
+    expected = skimage_ssim(ref, dist)
     assert abs(ssim(to_tensor(dist), to_tensor(ref)).item() - expected) < 1e-4
 
 

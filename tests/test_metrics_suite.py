@@ -7,14 +7,13 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.metrics import structural_similarity
 
 from optimizer.images import load
 from optimizer.metrics import CompositeSpec, MetricSuite, lpips_category, quality_level
 from optimizer.metrics.psnr import PSNR
 from optimizer.metrics.ssim import MSSSIM, SSIM
 
-from .conftest import SAMPLES, jpeg, noise, read_rgb, sample_paths
+from .conftest import SAMPLES, jpeg, noise, read_rgb, sample_paths, skimage_ssim
 
 
 @pytest.fixture(scope="module")
@@ -176,19 +175,7 @@ def test_composite_rises_with_jpeg_quality_on_every_sample(full_suite):
         comp = [s.composite for s in full_suite.score(full_suite.prepare(src.pixels), cands)]
         for i in range(len(comp) - 1):
             if comp[i + 1] < comp[i]:
-                ref = src.pixels / 255.0
-                sk = [
-                    structural_similarity(
-                        ref,
-                        c / 255.0,
-                        gaussian_weights=True,
-                        sigma=1.5,
-                        use_sample_covariance=False,
-                        data_range=1,
-                        channel_axis=-1,
-                    )
-                    for c in cands[i : i + 2]
-                ]
+                sk = [skimage_ssim(src.pixels, c) for c in cands[i : i + 2]]
                 assert sk[1] < sk[0], f"{p.name}: composite fell at q{qualities[i + 1]} alone"
                 assert comp[i] - comp[i + 1] < 0.005
                 exceptions.append((p.name, qualities[i + 1]))
