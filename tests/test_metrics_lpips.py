@@ -151,3 +151,30 @@ def test_wrong_or_corrupt_checkpoint(tmp_path):
 def test_unknown_network():
     with pytest.raises(ValueError, match="alex, squeeze, vgg"):
         backbone_weights_file("resnet")
+
+
+@pytest.mark.parametrize(("tile", "margin"), [(128, 128), (96, 96), (256, 128)])
+def test_tiled_equals_whole_image(metric, tile, margin):
+    """Tiles start on multiples of 16 (the backbone's total stride) and see `margin` px of
+    context; with margin >= 96 (AlexNet's reach) the result is the whole-image one exactly."""
+    ref = read_rgb(sample_paths()[-3])  # rocket.png, 640x427: odd height, several tiles
+    x = torch.cat([to_tensor(jpeg(ref, 30)), to_tensor(noise(ref, 6))])
+    y = to_tensor(ref)
+    tiled = LPIPS("cpu", network=metric.network, tile=tile, margin=margin)
+    assert tiled.prepare(y).features is None  # really tiled
+    a, b = metric(x, y), tiled(x, y)
+    assert torch.allclose(a["lpips"], b["lpips"], rtol=1e-5, atol=1e-8)
+    assert torch.allclose(a["lpips_p95"], b["lpips_p95"], rtol=1e-5, atol=1e-8)
+
+
+def test_tiled_grey_and_thin_strip(metric):
+    g = read_rgb(sample_paths()[1])[:60, :, :1]  # 451 wide, 60 high: tiled along one axis only
+    d = noise(g, 10)
+    tiled = LPIPS("cpu", network=metric.network, tile=128, margin=96)
+    whole = metric(to_tensor(d), to_tensor(g))["lpips"].item()
+    assert tiled(to_tensor(d), to_tensor(g))["lpips"].item() == pytest.approx(whole, rel=1e-5)
+
+
+def test_tile_geometry_is_validated(metric):
+    with pytest.raises(ValueError, match="multiples of 16"):
+        LPIPS("cpu", network=metric.network, tile=100)

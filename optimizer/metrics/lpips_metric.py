@@ -12,6 +12,7 @@ to put it and which metrics need no weights. We never score with random or diffe
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -147,10 +148,16 @@ def _build(net: str, backbone_state: dict[str, torch.Tensor], source: Path | str
     return module
 
 
+#: every lpips backbone reaches a total stride of 16 (AlexNet: conv 4 x two pools; VGG16 and
+#: SqueezeNet: four stride-2 stages); tiles starting on multiples of it line up with the whole image
+ALIGN = 16
+
+
 @dataclass
 class _Prepared:
-    features: list[torch.Tensor]
     size: tuple[int, int]
+    features: list[torch.Tensor] | None  # cached reference features (whole-image mode)
+    reference: torch.Tensor | None  # kept instead in tiled mode (features recomputed per tile)
 
 
 class LPIPS(Metric):
@@ -158,6 +165,12 @@ class LPIPS(Metric):
 
     `network` is an `lpips.LPIPS` module, by default the one `load_lpips_network` returns; inputs
     are [0, 1] and scaled to [-1, 1] inside. Grey inputs are repeated to three channels.
+
+    Images larger than one tile (`tile` + 2 `margin` on a side, 1280 px by default) are scored in
+    tiles: each tile's core (`tile` px, starting on a multiple of 16) is run with `margin` px of
+    context and written into whole-image layer maps, so the backbone's working set is that of a
+    1280 x 1280 image whatever the input size. Features of the core equal whole-image features
+    up to the backbone's receptive field at the margins (measured in tests/test_metrics_lpips.py).
     """
 
     name = "lpips"
@@ -171,10 +184,15 @@ class LPIPS(Metric):
         weights_dir=None,
         allow_download: bool = True,
         network=None,
+        tile: int = 1024,
+        margin: int = 128,
     ) -> None:
         super().__init__(device)
+        if tile % ALIGN or margin % ALIGN or tile <= 0 or margin < 0:
+            raise ValueError(f"LPIPS tile ({tile}) and margin ({margin}) must be multiples of 16")
         self.net_name = net
         self.min_side = BACKBONES[net][1] if net in BACKBONES else 32
+        self.tile, self.margin = tile, margin
         if network is None:
             network = load_lpips_network(net, weights_dir, allow_download=allow_download)
         self.network = network.to(self.device).eval()
@@ -182,6 +200,7 @@ class LPIPS(Metric):
         cpu = self.device.type == "cpu"
         self._layout = torch.channels_last if cpu else torch.contiguous_format
         self.network.to(memory_format=self._layout)
+        self._meta = None
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         import lpips
@@ -192,17 +211,63 @@ class LPIPS(Metric):
         outs = self.network.net(scaled)
         return [lpips.normalize_tensor(o) for o in outs]
 
+    def _is_tiled(self, h: int, w: int) -> bool:
+        side = self.tile + 2 * self.margin
+        return h > side or w > side
+
+    def _layer_shapes(self, h: int, w: int) -> list[tuple[int, int]]:
+        # Shape inference on the meta device: no memory, no arithmetic.
+        if self._meta is None:
+            import copy
+
+            self._meta = copy.deepcopy(self.network.net).to("meta")
+        outs = self._meta(torch.empty(1, 3, h, w, device="meta"))
+        return [(o.shape[2], o.shape[3]) for o in outs]
+
     def prepare(self, reference: torch.Tensor) -> _Prepared:
+        size = (reference.shape[2], reference.shape[3])
+        if self._is_tiled(*size):
+            return _Prepared(size=size, features=None, reference=reference)
         with torch.no_grad():
             feats = self._features(reference)
-        return _Prepared(features=feats, size=(reference.shape[2], reference.shape[3]))
+        return _Prepared(size=size, features=feats, reference=None)
+
+    def _layer_maps(self, candidates: torch.Tensor, prepared: _Prepared) -> list[torch.Tensor]:
+        """Per layer, the (N, 1, h_k, w_k) map of lin((f - r)^2), whole image or tile by tile."""
+        if prepared.features is not None:
+            feats = self._features(candidates)
+            return [
+                lin((f - r) ** 2)
+                for lin, f, r in zip(self.network.lins, feats, prepared.features, strict=True)
+            ]
+        h, w = prepared.size
+        n = candidates.shape[0]
+        shapes = self._layer_shapes(h, w)
+        # Each layer's stride, from a large probe (a small side would round badly).
+        strides = [2 ** round(math.log2(1024 / hk)) for hk, _ in self._layer_shapes(1024, 1024)]
+        maps = [candidates.new_zeros(n, 1, hk, wk) for hk, wk in shapes]
+        t, m = self.tile, self.margin
+        for y0 in range(0, h, t):
+            y1 = min(h, y0 + t)
+            cy0, cy1 = max(0, y0 - m), min(h, y1 + m)
+            for x0 in range(0, w, t):
+                x1 = min(w, x0 + t)
+                cx0, cx1 = max(0, x0 - m), min(w, x1 + m)
+                fx = self._features(candidates[:, :, cy0:cy1, cx0:cx1])
+                fr = self._features(prepared.reference[:, :, cy0:cy1, cx0:cx1])
+                for k, (lin, a, b) in enumerate(zip(self.network.lins, fx, fr, strict=True)):
+                    s, (hk, wk) = strides[k], shapes[k]
+                    layer = lin((a - b) ** 2)
+                    r0, r1 = y0 // s, (y1 // s if y1 < h else hk)
+                    c0, c1 = x0 // s, (x1 // s if x1 < w else wk)
+                    oy, ox = cy0 // s, cx0 // s
+                    maps[k][:, :, r0:r1, c0:c1] = layer[:, :, r0 - oy : r1 - oy, c0 - ox : c1 - ox]
+        return maps
 
     def score(self, candidates: torch.Tensor, prepared: _Prepared) -> dict[str, torch.Tensor]:
-        feats = self._features(candidates)
         value = 0
         spatial = 0
-        for lin, f, r in zip(self.network.lins, feats, prepared.features, strict=True):
-            layer = lin((f - r) ** 2)  # (N, 1, h, w)
+        for layer in self._layer_maps(candidates, prepared):
             value = value + layer.mean(dim=(2, 3))
             # As lpips's spatial=True: each layer's map upsampled bilinearly to the input size.
             spatial = spatial + F.interpolate(
