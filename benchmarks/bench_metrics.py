@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from optimizer.files import atomic_write_text
 from optimizer.metrics import MetricSuite
 from optimizer.metrics.lpips_metric import LPIPS, backbone_weights_file, find_backbone_weights
+
+from ._results import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -131,9 +132,7 @@ def run(device: str, n: int, wdir: Path, repeats: int) -> dict:
 
 
 def write_results(rows: list[dict], command: str, weights_note: str) -> None:
-    begin, end = "<!-- bench_metrics:begin -->", "<!-- bench_metrics:end -->"
     lines = [
-        begin,
         "## Metric throughput: composite (LPIPS + SSIM + PSNR) candidates per second, 768x512",
         "",
         f"Command: `{command}`  ",
@@ -156,16 +155,8 @@ def write_results(rows: list[dict], command: str, weights_note: str) -> None:
         "Seed approach: per pair, skimage SSIM (float64) + `lpips` on the pair (reference features "
         "recomputed) + PSNR. imgtune: reference prepared once (SSIM statistics, LPIPS features), "
         "candidates scored in one batch in float32 torch. Goal: at least 3x.",
-        end,
     ]
-    block = "\n".join(lines)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    if begin in text:
-        pre, rest = text.split(begin, 1)
-        text = pre + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(RESULTS, text)
+    write_section(RESULTS, "bench_metrics", lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,11 +54,19 @@ class _Level:
     var: torch.Tensor  # (1, C, h, w) its local variance
 
 
-def _prepare_level(y: torch.Tensor, win: torch.Tensor) -> _Level:
-    c = y.shape[1]
-    stats = _blur(torch.cat([y, y * y], dim=1), win)
-    mu, eyy = stats[:, :c], stats[:, c:]
-    return _Level(y=y, mu=mu, var=eyy - mu * mu)
+def _prepare_level(y: torch.Tensor, win: torch.Tensor, band_bytes: int) -> _Level:
+    _, c, h, w = y.shape
+    h_out, w_out = h - WIN_SIZE + 1, w - WIN_SIZE + 1
+    mu = y.new_empty(1, c, h_out, w_out)
+    var = y.new_empty(1, c, h_out, w_out)
+    rows = _band_rows(1, c, w, band_bytes)
+    for r0 in range(0, h_out, rows):  # banded like scoring, so preparing is bounded too
+        r1 = min(h_out, r0 + rows)
+        yb = y[:, :, r0 : r1 + WIN_SIZE - 1]
+        stats = _blur(torch.cat([yb, yb * yb], dim=1), win)
+        mu[:, :, r0:r1] = stats[:, :c]
+        var[:, :, r0:r1] = stats[:, c:] - stats[:, :c] ** 2
+    return _Level(y=y, mu=mu, var=var)
 
 
 def _band_rows(n: int, c: int, w: int, band_bytes: int) -> int:
@@ -115,7 +123,9 @@ class SSIM(Metric):
         self.band_bytes = band_bytes
 
     def prepare(self, reference: torch.Tensor) -> _Level:
-        return _prepare_level(reference, _window(reference.device, reference.dtype))
+        return _prepare_level(
+            reference, _window(reference.device, reference.dtype), self.band_bytes
+        )
 
     def score(self, candidates: torch.Tensor, prepared: _Level) -> dict[str, torch.Tensor]:
         win = _window(candidates.device, candidates.dtype)
@@ -149,7 +159,7 @@ class MSSSIM(Metric):
         levels = ms_ssim_levels(*reference.shape[2:])
         out, y = [], reference
         for i in range(levels):
-            out.append(_prepare_level(y, win))
+            out.append(_prepare_level(y, win, self.band_bytes))
             if i < levels - 1:
                 y = _downsample(y)
         return out
