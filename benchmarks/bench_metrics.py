@@ -152,9 +152,18 @@ def write_results(rows: list[dict], command: str, weights_note: str) -> None:
         )
     lines += [
         "",
-        "Seed approach: per pair, skimage SSIM (float64) + `lpips` on the pair (reference features "
-        "recomputed) + PSNR. imgtune: reference prepared once (SSIM statistics, LPIPS features), "
-        "candidates scored in one batch in float32 torch. Goal: at least 3x.",
+        "Seed approach: per pair, skimage SSIM (float64) + `lpips` as shipped on the pair "
+        "(reference features recomputed) + PSNR. imgtune: reference prepared once (SSIM "
+        "statistics, LPIPS features), candidates scored under a pixel budget (one at a time on "
+        "the CPU, measured fastest there; large batches on CUDA), LPIPS channels-last on the CPU. "
+        "Goal: at least 3x.",
+        "",
+        "Why the CPU ratio stops near 2x (measured with torch's profiler at 768x512, 2 cores): "
+        "one AlexNet forward costs 85-100 ms and the seed pays two, so caching the reference "
+        "saves at most half of LPIPS; our torch SSIM costs 45-75 ms (two depthwise 11-tap "
+        "convolutions over 9 planes at ~22 ms each are the floor; grouped conv beat conv1d, "
+        "unfold and shifted sums) against skimage's ~140 ms. Seed ~340 ms vs ours >= ~150 ms "
+        "per candidate bounds the ratio near 2.3x with exact numbers.",
     ]
     write_section(RESULTS, "bench_metrics", lines)
 
