@@ -202,7 +202,10 @@ def test_mixed_file_and_folder_is_usage_error(folders):
 def test_help_lists_exit_codes_and_is_torch_free():
     r = runner.invoke(app, ["score", "--help"])
     assert "Exit codes" in r.output
-    code = "import sys, optimizer.cli, optimizer.targets; print('torch' in sys.modules)"
+    code = (
+        "import sys, optimizer.cli, optimizer.targets, optimizer.codecs, optimizer.transforms;"
+        " print('torch' in sys.modules)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
 

@@ -1,0 +1,231 @@
+"""Encode pixels to bytes and back through Pillow's own encoders: JPEG, WebP, AVIF (JPEG XL when
+`pillow-jxl-plugin` is installed).
+
+Pillow's `Image.save()` silently ignores keywords it does not know, so a typo would produce a
+wrong preset without a word. Every option is validated here against its codec's table first.
+Knows nothing of metrics or Optuna.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "CODECS",
+    "Codec",
+    "CodecError",
+    "EncodeSettings",
+    "available_codecs",
+    "decode",
+    "encode",
+]
+
+
+class CodecError(ValueError):
+    """A codec or option that does not exist, or a value outside its range."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One encoder option: its allowed values (a tuple) or an inclusive integer range."""
+
+    default: Any
+    choices: tuple[Any, ...] | None = None
+    range: tuple[int, int] | None = None
+    help: str = ""
+
+    def check(self, codec: str, name: str, value: Any) -> Any:
+        if self.choices is not None:
+            if value not in self.choices:
+                raise CodecError(
+                    f"{codec} option {name}={value!r} is not one of "
+                    f"{', '.join(map(repr, self.choices))}"
+                )
+            return value
+        lo, hi = self.range  # type: ignore[misc]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise CodecError(f"{codec} option {name}={value!r} must be an integer in [{lo}, {hi}]")
+        return value
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    pil_format: str
+    extension: str
+    quality_range: tuple[int, int]
+    supports_alpha: bool
+    options: Mapping[str, Option] = field(default_factory=dict)
+    #: the module whose import registers the codec with Pillow (plugins)
+    plugin: str | None = None
+
+
+CODECS: dict[str, Codec] = {
+    "jpeg": Codec(
+        "jpeg",
+        "JPEG",
+        ".jpg",
+        (1, 100),
+        False,
+        {
+            "subsampling": Option(
+                "4:2:0",
+                choices=("4:2:0", "4:4:4"),
+                help="chroma subsampling (ignored for grey images)",
+            ),
+            "progressive": Option(True, choices=(True, False), help="progressive scan"),
+            "optimize": Option(True, choices=(True, False), help="optimised Huffman tables"),
+        },
+    ),
+    "webp": Codec(
+        "webp",
+        "WEBP",
+        ".webp",
+        (0, 100),
+        True,
+        {"method": Option(4, range=(0, 6), help="effort: 0 fast .. 6 smallest")},
+    ),
+    "avif": Codec(
+        "avif",
+        "AVIF",
+        ".avif",
+        (0, 100),
+        True,
+        {
+            "speed": Option(6, range=(0, 10), help="effort: 0 slowest/smallest .. 10 fastest"),
+            "subsampling": Option(
+                "4:2:0",
+                choices=("4:2:0", "4:4:4"),
+                help="chroma subsampling (grey images are always 4:0:0)",
+            ),
+        },
+    ),
+    "jxl": Codec(
+        "jxl",
+        "JXL",
+        ".jxl",
+        (0, 100),
+        True,
+        {"effort": Option(7, range=(1, 9), help="effort: 1 fast .. 9 smallest")},
+        plugin="pillow_jxl",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """Codec, quality and options, validated; hashable so it can key a cache."""
+
+    codec: str
+    quality: int
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(cls, codec: str, quality: int, **options: Any) -> EncodeSettings:
+        """Validate against the codec's table; unknown names and bad values raise `CodecError`."""
+        spec = CODECS.get(codec)
+        if spec is None:
+            raise CodecError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")
+        lo, hi = spec.quality_range
+        if isinstance(quality, bool) or not isinstance(quality, int) or not lo <= quality <= hi:
+            raise CodecError(f"{codec} quality must be an integer in [{lo}, {hi}], got {quality!r}")
+        full = {}
+        for name, opt in spec.options.items():
+            full[name] = opt.check(codec, name, options.pop(name, opt.default))
+        if options:
+            raise CodecError(
+                f"unknown {codec} option(s) {', '.join(sorted(options))}; "
+                f"{codec} takes: {', '.join(spec.options) or 'none'}"
+            )
+        return cls(codec, quality, tuple(sorted(full.items())))
+
+    @property
+    def spec(self) -> Codec:
+        return CODECS[self.codec]
+
+    def pillow_kwargs(self, grey: bool = False) -> dict[str, Any]:
+        """The exact `Image.save()` keyword arguments for these settings."""
+        kw: dict[str, Any] = {"quality": self.quality, **dict(self.options)}
+        if grey and "subsampling" in kw:
+            del kw["subsampling"]  # JPEG L has no chroma; AVIF picks 4:0:0 for grey itself
+        return kw
+
+
+@cache
+def available_codecs() -> dict[str, bool]:
+    """Which codecs this Pillow can encode *and* decode (checked once per process)."""
+    out = {}
+    probe = Image.new("RGB", (16, 16), (120, 60, 30))
+    for name, spec in CODECS.items():
+        ok = True
+        if spec.plugin:
+            try:
+                __import__(spec.plugin)
+            except ImportError:
+                ok = False
+        if ok:
+            try:
+                buf = io.BytesIO()
+                probe.save(buf, spec.pil_format, quality=80)
+                Image.open(io.BytesIO(buf.getvalue())).load()
+            except (OSError, KeyError, ValueError):
+                ok = False
+        out[name] = ok
+    return out
+
+
+def _to_pil(pixels: np.ndarray, background: tuple[int, int, int] | None, spec: Codec):
+    c = pixels.shape[2]
+    if c in (2, 4) and not spec.supports_alpha:
+        if background is None:
+            raise CodecError(
+                f"{spec.name} has no alpha channel and this image has real transparency; "
+                f"give a background colour to flatten onto, or use webp/avif"
+            )
+        colour = pixels[:, :, :-1].astype(np.float32)
+        alpha = pixels[:, :, -1:].astype(np.float32) / 255.0
+        r, g, b = background
+        # Grey + alpha flattens onto the background's luminance (ITU-R 601, as Pillow's "L").
+        bg = np.array((r, g, b) if c == 4 else (0.299 * r + 0.587 * g + 0.114 * b,), np.float32)
+        pixels = np.rint(colour * alpha + bg * (1 - alpha)).astype(np.uint8)
+        c = pixels.shape[2]
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
+    return Image.fromarray(pixels[:, :, 0] if c == 1 else pixels, mode)
+
+
+def encode(
+    pixels: np.ndarray,
+    settings: EncodeSettings,
+    *,
+    background: tuple[int, int, int] | None = None,
+) -> bytes:
+    """Encode uint8 H x W x C pixels (C = 1..4) with Pillow; returns the file's bytes."""
+    spec = settings.spec
+    if not available_codecs().get(spec.name):
+        hint = f" (pip install {spec.plugin.replace('_', '-')}-plugin)" if spec.plugin else ""
+        raise CodecError(f"codec {spec.name} is not available in this Pillow{hint}")
+    im = _to_pil(pixels, background, spec)
+    buf = io.BytesIO()
+    im.save(buf, spec.pil_format, **settings.pillow_kwargs(grey=im.mode in ("L", "LA")))
+    return buf.getvalue()
+
+
+def decode(data: bytes, channels: int | None = None) -> np.ndarray:
+    """Decode to uint8 H x W x C. With `channels`, match a source's layout (grey sources decode
+    grey even where the codec returns RGB; alpha is added back as opaque if the codec dropped it).
+    """
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    if channels is None:
+        channels = {"L": 1, "LA": 2}.get(im.mode, 4 if has_alpha else 3)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    arr = np.asarray(im.convert(mode))
+    return arr[:, :, None] if arr.ndim == 2 else arr
