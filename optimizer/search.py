@@ -1,0 +1,452 @@
+"""`tune`: an Optuna study per image set that finds the smallest recipe meeting a quality target.
+
+Objective: total bytes of the set (minimised). Constraint: the target holds for the set's
+aggregate (every image by default), through Optuna's own constraint support, so
+`study.best_trial` is the smallest *feasible* trial. Each reference is prepared once per run;
+encodes and scores are cached by (image hash, params); images are scored hardest-first and a
+trial stops as soon as it is doomed (an image misses a `min` target, or its running byte total
+already exceeds the best feasible total).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import codecs, transforms
+from .codecs import CODECS, EncodeSettings, available_codecs
+from .images import SourceImage
+from .metrics.catalog import OUTPUTS
+from .targets import Target
+
+__all__ = [
+    "QUALITY_LEVELS",
+    "Candidate",
+    "Evaluation",
+    "ImageSet",
+    "SearchSpace",
+    "StudyMismatchError",
+    "TuneResult",
+    "evaluate",
+    "tune",
+]
+
+#: named quality levels -> targets over weight-free metrics (SSIM mean and its worst 5% of tiles)
+QUALITY_LEVELS: dict[str, str] = {
+    "low": "ssim>=0.90",
+    "medium": "ssim>=0.94,ssim_p5>=0.85",
+    "high": "ssim>=0.97,ssim_p5>=0.92",
+    "lossless-looking": "ssim>=0.99,ssim_p5>=0.97",
+}
+
+
+class StudyMismatchError(RuntimeError):
+    """The stored study was made for another image set, target or search space."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One recipe: the contract of DESIGN.md section 2 (hashable: the cache key)."""
+
+    codec: str
+    quality: int
+    resize_filter: str | None = None
+    sharpen: float = 1.0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def settings(self) -> EncodeSettings:
+        return EncodeSettings.make(self.codec, self.quality, **dict(self.options))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["options"] = dict(self.options)
+        return d
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    codecs: tuple[str, ...]
+    quality: dict[str, tuple[int, int]]
+    filters: tuple[str, ...] | None  # None: nothing is resized, the filter is not searched
+    sharpen: tuple[float, float] | None  # None: fixed at 1.0
+    options: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
+
+    @classmethod
+    def default(
+        cls,
+        codec_names: Sequence[str],
+        *,
+        resized: bool,
+        sharpen: bool = True,
+        quality: dict[str, tuple[int, int]] | None = None,
+    ) -> SearchSpace:
+        q = {"jpeg": (30, 100), "webp": (30, 100), "avif": (20, 100), "jxl": (30, 100)}
+        q.update(quality or {})
+        opts = {
+            "jpeg": {"subsampling": ("4:2:0", "4:4:4")},
+            "webp": {"method": (4, 6)},
+            "avif": {"subsampling": ("4:2:0", "4:4:4"), "speed": (6,)},
+            "jxl": {"effort": (7,)},
+        }
+        return cls(
+            codecs=tuple(codec_names),
+            quality={c: q[c] for c in codec_names},
+            filters=tuple(transforms.RESIZE_FILTERS) if resized else None,
+            sharpen=(0.5, 1.5) if sharpen else None,
+            options={c: opts[c] for c in codec_names},
+        )
+
+    def suggest(self, trial) -> Candidate:
+        codec = trial.suggest_categorical("codec", list(self.codecs))
+        lo, hi = self.quality[codec]
+        quality = trial.suggest_int(f"{codec}_quality", lo, hi)
+        opts = {}
+        for name, choices in self.options.get(codec, {}).items():
+            opts[name] = (
+                choices[0]
+                if len(choices) == 1
+                else trial.suggest_categorical(f"{codec}_{name}", list(choices))
+            )
+        filt = (
+            trial.suggest_categorical("resize_filter", list(self.filters)) if self.filters else None
+        )
+        sharpen = (
+            round(trial.suggest_float("sharpen", *self.sharpen, step=0.05), 2)
+            if self.sharpen
+            else 1.0
+        )
+        return Candidate(
+            codec, quality, filt, sharpen, EncodeSettings.make(codec, quality, **opts).options
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "codecs": list(self.codecs),
+            "quality": {k: list(v) for k, v in self.quality.items()},
+            "filters": list(self.filters) if self.filters else None,
+            "sharpen": list(self.sharpen) if self.sharpen else None,
+            "options": {c: {k: list(v) for k, v in o.items()} for c, o in self.options.items()},
+        }
+
+
+@dataclass
+class _Item:
+    source: SourceImage
+    size: tuple[int, int]  # output (width, height)
+    prepared: Any  # alpha judged over black and white
+    prepared_flat: Any  # flattened onto --background (for codecs without alpha), or None
+
+    @property
+    def channels(self) -> int:
+        return self.source.channels
+
+
+class ImageSet:
+    """The sources of one study, their references prepared once, and the encode/score cache."""
+
+    def __init__(
+        self,
+        sources: Sequence[SourceImage],
+        suite,
+        *,
+        max_width: int | None = None,
+        max_height: int | None = None,
+        background: tuple[int, int, int] | None = None,
+    ):
+        if not sources:
+            raise ValueError("an image set needs at least one image")
+        self.suite = suite
+        self.background = background
+        self.items: list[_Item] = []
+        for src in sources:
+            size = transforms.fit_size(src.width, src.height, max_width, max_height)
+            ref = (
+                src.pixels
+                if size == (src.width, src.height)
+                else transforms.reference(src.pixels, size)
+            )
+            flat = (
+                suite.prepare(ref, background=background)
+                if src.has_alpha and background is not None
+                else None
+            )
+            self.items.append(_Item(src, size, suite.prepare(ref), flat))
+        self.resized = any(it.size != (it.source.width, it.source.height) for it in self.items)
+        self.has_alpha = any(it.source.has_alpha for it in self.items)
+        self.cache: dict[tuple[str, Candidate], tuple[int, dict[str, float]]] = {}
+        self.encodes = 0
+        self.cache_hits = 0
+        self.order = list(range(len(self.items)))  # hardest first: the last to fail moves up
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(it.source.file_bytes for it in self.items)
+
+    def fingerprint(self) -> list[dict[str, str]]:
+        return [{"name": it.source.path.name, "sha256": it.source.sha256} for it in self.items]
+
+    def render(self, item: _Item, cand: Candidate) -> tuple[np.ndarray, bytes]:
+        """Transform and encode one image with `cand`."""
+        size = item.size if item.size != (item.source.width, item.source.height) else None
+        px = transforms.apply(
+            item.source.pixels,
+            size=size,
+            resize_filter=cand.resize_filter or "lanczos",
+            sharpen=cand.sharpen,
+        )
+        return px, codecs.encode(px, cand.settings(), background=self.background)
+
+    def score(self, idx: int, cand: Candidate) -> tuple[int, dict[str, float]]:
+        item = self.items[idx]
+        key = (item.source.sha256, cand)
+        if key in self.cache:
+            self.cache_hits += 1
+            return self.cache[key]
+        _, data = self.render(item, cand)
+        self.encodes += 1
+        alpha_kept = item.source.has_alpha and CODECS[cand.codec].supports_alpha
+        channels = item.channels if alpha_kept or not item.source.has_alpha else item.channels - 1
+        decoded = codecs.decode(data, channels=channels)
+        prepared = item.prepared if alpha_kept or not item.source.has_alpha else item.prepared_flat
+        values = self.suite.score(prepared, [decoded])[0].values
+        self.cache[key] = (len(data), values)
+        return self.cache[key]
+
+
+@dataclass
+class Evaluation:
+    candidate: Candidate
+    total_bytes: float  # measured, or extrapolated by pixels when the trial stopped early
+    feasible: bool
+    complete: bool
+    violation: float  # > 0: how far the aggregate misses the target (in target units)
+    per_image: dict[str, dict[str, float]]  # name -> bytes + metric values
+    pruned: bool = False
+
+
+def _aggregate(values: list[float], how: str, higher_is_better: bool) -> float:
+    if how == "min":
+        return min(values) if higher_is_better else max(values)
+    if how == "mean":
+        return float(np.mean(values))
+    q = float(how[1:])  # pNN: the NN-th percentile from the bad end
+    return float(np.percentile(values, q if higher_is_better else 100 - q))
+
+
+def evaluate(
+    images: ImageSet,
+    cand: Candidate,
+    target: Target,
+    *,
+    aggregate: str = "min",
+    best_total: float | None = None,
+    stop_early: bool = True,
+) -> Evaluation:
+    """Score `cand` on the set, hardest image first; with `stop_early`, stop as soon as the
+    outcome is known (an image misses a `min` target, or the bytes pass `best_total`)."""
+    total_px = sum(it.size[0] * it.size[1] for it in images.items)
+    done_px = 0
+    running = 0
+    per_image: dict[str, dict[str, float]] = {}
+    for idx in list(images.order):
+        item = images.items[idx]
+        nbytes, values = images.score(idx, cand)
+        running += nbytes
+        done_px += item.size[0] * item.size[1]
+        per_image[item.source.path.name] = {"bytes": nbytes, **values}
+        if stop_early and aggregate == "min" and target.failures(values):
+            images.order.remove(idx)
+            images.order.insert(0, idx)
+            shortfall = max(-c.margin(values[c.metric]) for c in target.failures(values))
+            return Evaluation(
+                cand, running * total_px / done_px, False, False, shortfall, per_image
+            )
+        if stop_early and best_total is not None and running > best_total:
+            return Evaluation(
+                cand, running * total_px / done_px, False, False, 0.0, per_image, pruned=True
+            )
+    margins = []
+    for clause in target.clauses:
+        agg = _aggregate(
+            [v[clause.metric] for v in per_image.values()],
+            aggregate,
+            OUTPUTS[clause.metric].higher_is_better,
+        )
+        margins.append(clause.margin(agg))
+    violation = max(0.0, -min(margins))
+    return Evaluation(cand, float(running), violation == 0.0, True, violation, per_image)
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str
+    best: Evaluation | None  # None when no trial met the target
+    closest: Evaluation | None  # the least-violating trial, reported when none was feasible
+    trials: int
+    pruned: int
+    infeasible: int
+    encodes: int
+    cache_hits: int
+    seconds: float
+    study: Any = field(repr=False, default=None)
+    interrupted: bool = False
+
+
+def _study_attrs(images: ImageSet, target: Target, aggregate: str, space: SearchSpace) -> dict:
+    return {
+        "images": images.fingerprint(),
+        "target": str(target),
+        "aggregate": aggregate,
+        "space": space.describe(),
+        "metrics": images.suite.spec(),
+    }
+
+
+def tune(
+    images: ImageSet,
+    target: Target,
+    space: SearchSpace,
+    *,
+    trials: int = 40,
+    timeout: float | None = None,
+    seed: int | None = None,
+    aggregate: str = "min",
+    storage: str | None = None,
+    study_name: str = "imgtune",
+    new_study: bool = False,
+    on_trial: Callable[[Evaluation], None] | None = None,
+) -> TuneResult:
+    """Run (or resume) the study; returns the smallest feasible recipe found."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for c in space.codecs:
+        if not available_codecs().get(c):
+            raise ValueError(f"codec {c} is not available in this Pillow")
+    if images.has_alpha and images.background is None and "jpeg" in space.codecs:
+        raise ValueError("the set has images with transparency: JPEG needs --background")
+    if (
+        aggregate != "min"
+        and aggregate != "mean"
+        and not (
+            aggregate.startswith("p") and aggregate[1:].isdigit() and 0 < int(aggregate[1:]) < 100
+        )
+    ):
+        raise ValueError(f"aggregate must be min, mean or pNN (e.g. p10), not {aggregate!r}")
+    storage = storage or "sqlite:///:memory:"
+    attrs = _study_attrs(images, target, aggregate, space)
+    if new_study:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=study_name, storage=storage)
+    sampler = optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=min(10, max(4, trials // 4)), multivariate=True
+    )
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction="minimize",
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("spec")
+    if stored is None:
+        study.set_user_attr("spec", json.loads(json.dumps(attrs)))
+        study.set_user_attr("imgtune_version", __import__("optimizer").__version__)
+    elif stored != json.loads(json.dumps(attrs)):
+        changed = [k for k in attrs if stored.get(k) != json.loads(json.dumps(attrs[k]))]
+        raise StudyMismatchError(
+            f"study '{study_name}' in {storage} was made for a different {', '.join(changed)}; "
+            f"rerun with --new-study to start over, or --study-name NAME for a separate study"
+        )
+
+    def best_total() -> float | None:
+        try:
+            return study.best_value
+        except ValueError:
+            return None
+
+    t0 = time.perf_counter()
+    start_trials = len(study.trials)
+
+    def objective(trial) -> float:
+        cand = space.suggest(trial)
+        ev = evaluate(images, cand, target, aggregate=aggregate, best_total=best_total())
+        trial.set_user_attr("violation", ev.violation if not ev.pruned else 0.0)
+        # Optuna's own constraint support (<= 0 feasible): best_trial is the smallest feasible.
+        trial.set_constraint("target", ev.violation)
+        trial.set_user_attr("candidate", json.loads(json.dumps(cand.as_dict())))
+        trial.set_user_attr("complete", ev.complete)
+        if on_trial:
+            on_trial(ev)
+        if ev.pruned:
+            raise optuna.TrialPruned(f"running total above the best feasible ({ev.total_bytes})")
+        return ev.total_bytes
+
+    interrupted = False
+    try:
+        study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
+    except KeyboardInterrupt:
+        interrupted = True  # finished trials are stored; the caller says how to resume
+    result = _result(study, images, target, aggregate, storage, study_name, start_trials, t0)
+    result.interrupted = interrupted
+    return result
+
+
+def _result(study, images, target, aggregate, storage, name, start, t0) -> TuneResult:
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    infeasible = sum(t.user_attrs.get("violation", 0) > 0 for t in done)
+    encodes, hits = images.encodes, images.cache_hits  # the search's own counts
+    best = closest = None
+    try:
+        chosen = study.best_trial
+    except ValueError:  # no feasible trial: report the one that came closest
+        chosen = min(done, key=lambda t: t.user_attrs.get("violation", math.inf), default=None)
+    if chosen is not None:
+        full = evaluate(
+            images,
+            Candidate(**_cand_args(chosen.user_attrs["candidate"])),
+            target,
+            aggregate=aggregate,
+            stop_early=False,
+        )
+        if full.feasible:
+            best = full
+        else:
+            closest = full
+    return TuneResult(
+        name,
+        storage,
+        best,
+        closest,
+        len(study.trials),
+        pruned,
+        infeasible,
+        encodes,
+        hits,
+        time.perf_counter() - t0,
+        study,
+    )
+
+
+def _cand_args(d: dict) -> dict:
+    d = dict(d)
+    d["options"] = tuple(sorted(d["options"].items()))
+    return d
+
+
+def study_name_for(folder: Path, target: Target, aggregate: str) -> str:
+    digest = hashlib.sha256(f"{target}|{aggregate}".encode()).hexdigest()[:8]
+    return f"{folder.resolve().name}-{digest}"

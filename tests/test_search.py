@@ -1,0 +1,267 @@
+"""tune: presets that meet the target, optimality on a small grid, resume, cache, early stop."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from optimizer.cli import app
+from optimizer.codecs import EncodeSettings, decode, encode
+from optimizer.images import load
+from optimizer.metrics import MetricSuite
+from optimizer.outcome import ExitCode
+from optimizer.search import (
+    Candidate,
+    ImageSet,
+    SearchSpace,
+    StudyMismatchError,
+    evaluate,
+    tune,
+)
+from optimizer.targets import parse_target
+
+from .conftest import SAMPLES
+
+TARGET = parse_target("ssim>=0.95,ssim_p5>=0.85")
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    """Four 96x96 crops of different content: fast, and still disagreeing about quality."""
+    d = tmp_path_factory.mktemp("set")
+    for name, box in [
+        ("chelsea", (150, 60)),
+        ("graphic_text", (20, 60)),
+        ("coffee", (250, 120)),
+        ("tiger_grayscale_cc0", (200, 200)),
+    ]:
+        im = Image.open(SAMPLES / f"{name}.png")
+        im.crop((*box, box[0] + 96, box[1] + 96)).save(d / f"{name}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return MetricSuite.build(["ssim"], device="cpu")
+
+
+def _images(folder, suite, **kw):
+    return ImageSet([load(p) for p in sorted(folder.glob("*.png"))], suite, **kw)
+
+
+def test_preset_reencoded_independently_meets_target(small_set, suite, tmp_path):
+    images = _images(small_set, suite)
+    space = SearchSpace.default(["jpeg", "webp"], resized=False)
+    result = tune(images, TARGET, space, trials=25, seed=3)
+    assert result.best is not None and result.best.feasible
+    cand = result.best.candidate
+    fresh = MetricSuite.build(["ssim"], device="cpu")  # nothing shared with the search
+    total = 0
+    for p in sorted(small_set.glob("*.png")):
+        src = load(p)
+        from optimizer.transforms import apply
+
+        px = apply(src.pixels, sharpen=cand.sharpen)
+        data = encode(px, EncodeSettings.make(cand.codec, cand.quality, **dict(cand.options)))
+        total += len(data)
+        scores = fresh.score_pair(src.pixels, decode(data, channels=src.channels))
+        assert TARGET.met(scores.values), (p.name, scores.values)
+    assert total == result.best.total_bytes
+
+
+def test_best_is_no_larger_than_any_feasible_grid_point(small_set, suite):
+    space = SearchSpace(
+        codecs=("jpeg", "webp"),
+        quality={"jpeg": (89, 96), "webp": (89, 96)},
+        filters=None,
+        sharpen=None,
+        options={"jpeg": {"subsampling": ("4:4:4",)}, "webp": {"method": (4,)}},
+    )
+    images = _images(small_set, suite)
+    result = tune(images, TARGET, space, trials=40, seed=0)
+    grid = []
+    for codec, q in itertools.product(("jpeg", "webp"), range(89, 97)):
+        opts = {"subsampling": "4:4:4"} if codec == "jpeg" else {"method": 4}
+        cand = Candidate(codec, q, None, 1.0, EncodeSettings.make(codec, q, **opts).options)
+        ev = evaluate(images, cand, TARGET, stop_early=False)
+        if ev.feasible:
+            grid.append(ev.total_bytes)
+    assert grid, "the test grid must contain feasible points"
+    assert result.best is not None
+    assert result.best.total_bytes <= min(grid)
+
+
+def test_cache_hit_reencodes_nothing(small_set, suite):
+    images = _images(small_set, suite)
+    cand = Candidate("webp", 80, None, 1.0, EncodeSettings.make("webp", 80).options)
+    a = evaluate(images, cand, TARGET, stop_early=False)
+    encodes, hits = images.encodes, images.cache_hits
+    b = evaluate(images, cand, TARGET, stop_early=False)
+    assert images.encodes == encodes and images.cache_hits == hits + len(images.items)
+    assert a.per_image == b.per_image
+
+
+def test_early_termination_happens_and_keeps_the_answer(small_set, suite):
+    images = _images(small_set, suite)
+    for q in (30, 50, 70, 90):
+        cand = Candidate("jpeg", q, None, 1.0, EncodeSettings.make("jpeg", q).options)
+        full = evaluate(images, cand, TARGET, stop_early=False)
+        before = images.encodes
+        fresh = _images(small_set, suite)
+        early = evaluate(fresh, cand, TARGET)
+        assert early.feasible == full.feasible
+        if not full.feasible:
+            assert fresh.encodes < len(images.items)  # stopped at the first miss
+        else:
+            assert early.total_bytes == full.total_bytes
+        assert images.encodes == before
+    # a running total above the best feasible total is pruned
+    cand = Candidate("jpeg", 95, None, 1.0, EncodeSettings.make("jpeg", 95).options)
+    pruned = evaluate(_images(small_set, suite), cand, TARGET, best_total=1000)
+    assert pruned.pruned and not pruned.feasible
+
+
+def test_resume_adds_trials_and_mismatch_is_an_error(small_set, suite, tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    space = SearchSpace.default(["webp"], resized=False, sharpen=False)
+    r1 = tune(
+        _images(small_set, suite), TARGET, space, trials=5, seed=1, storage=storage, study_name="s"
+    )
+    r2 = tune(
+        _images(small_set, suite), TARGET, space, trials=4, seed=1, storage=storage, study_name="s"
+    )
+    assert (r1.trials, r2.trials) == (5, 9)
+    with pytest.raises(StudyMismatchError, match="target"):
+        tune(
+            _images(small_set, suite),
+            parse_target("ssim>=0.9"),
+            space,
+            trials=1,
+            storage=storage,
+            study_name="s",
+        )
+    r3 = tune(
+        _images(small_set, suite),
+        parse_target("ssim>=0.9"),
+        space,
+        trials=2,
+        storage=storage,
+        study_name="s",
+        new_study=True,
+    )
+    assert r3.trials == 2
+
+
+def test_alpha_images_are_not_offered_jpeg(suite, tmp_path):
+    d = tmp_path / "alpha"
+    d.mkdir()
+    Image.open(SAMPLES / "portrait_alpha_cc0.png").crop((150, 100, 246, 196)).save(d / "a.png")
+    images = _images(d, suite)
+    with pytest.raises(ValueError, match="JPEG needs --background"):
+        tune(images, TARGET, SearchSpace.default(["jpeg", "webp"], resized=False), trials=1)
+    r = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(d),
+            "--target",
+            "ssim>=0.9",
+            "--trials",
+            "3",
+            "--storage",
+            f"sqlite:///{tmp_path / 'a.db'}",
+            "--preset-out",
+            str(tmp_path / "p.json"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "JPEG is not offered" in r.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["params"]["codec"] != "jpeg"
+
+
+def test_cli_tune_writes_preset_outputs_and_csv(small_set, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(small_set),
+            "--target",
+            "ssim>=0.95",
+            "--trials",
+            "8",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+            "--codecs",
+            "jpeg,webp",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    preset = json.loads((tmp_path / summary["preset"]).read_text())
+    assert preset["schema"] == 1 and preset["target"]["spec"] == "ssim>=0.95"
+    assert preset["achieved"]["quality"]["ssim"]["worst"] >= 0.95
+    assert {i["name"] for i in preset["images"]} == {p.name for p in small_set.glob("*.png")}
+    assert sum(o["bytes"] for o in summary["outputs"]) <= summary["total_bytes"]
+    for o in summary["outputs"]:
+        assert (tmp_path / o["output"]).is_file()  # absolute, or relative to the cwd
+    assert list((tmp_path / "studies").glob("*.trials.csv"))
+    src_sizes = {p.name: p.stat().st_size for p in small_set.glob("*.png")}
+    assert all(o["bytes"] <= src_sizes[o["name"]] for o in summary["outputs"])
+
+
+def test_cli_infeasible_target_exit_3_and_no_preset(small_set, tmp_path):
+    preset = tmp_path / "p.json"
+    r = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(small_set),
+            "--target",
+            "ssim>=0.99999",
+            "--trials",
+            "3",
+            "--codecs",
+            "jpeg",
+            "--device",
+            "cpu",
+            "--storage",
+            f"sqlite:///{tmp_path / 'x.db'}",
+            "--preset-out",
+            str(preset),
+        ],
+    )
+    assert r.exit_code == ExitCode.TARGET_MISSED
+    assert "no recipe met the target" in r.stderr and "closest" in r.stderr
+    assert not preset.exists()
+
+
+def test_cli_malformed_target_and_level(small_set):
+    r = CliRunner().invoke(app, ["tune", str(small_set), "--target", "ssim>>0.9"])
+    assert r.exit_code == ExitCode.USAGE and "'ssim>>0.9'" in r.stderr
+    r = CliRunner().invoke(app, ["tune", str(small_set), "--quality", "ultra"])
+    assert r.exit_code == ExitCode.USAGE and "lossless-looking" in r.stderr
+
+
+def test_resized_set_scores_against_lanczos_reference(small_set, suite):
+    images = _images(small_set, suite, max_width=48)
+    assert images.resized
+    space = SearchSpace.default(["webp"], resized=images.resized)
+    assert space.filters is not None and "lanczos" in space.filters
+    cand = Candidate("webp", 90, "nearest", 1.0, EncodeSettings.make("webp", 90).options)
+    ev = evaluate(images, cand, parse_target("ssim>=0.1"), stop_early=False)
+    assert all(np.isfinite(v["ssim"]) for v in ev.per_image.values())
+    assert SearchSpace.default(["webp"], resized=False).filters is None
