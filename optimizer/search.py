@@ -205,6 +205,42 @@ class ImageSet:
         )
         return px, codecs.encode(px, cand.settings(), background=self.background)
 
+    def default_jpeg_bytes(self) -> int:
+        """Bytes of the common default for comparison: JPEG quality 85 at the output size
+        (transparency flattened onto the background, white if none was given)."""
+        settings = EncodeSettings.make("jpeg", 85)
+        total = 0
+        for it in self.items:
+            px = it.source.pixels
+            if it.size != (it.source.width, it.source.height):
+                px = transforms.reference(px, it.size)
+            total += len(codecs.encode(px, settings, background=self.background or (255,) * 3))
+        return total
+
+    def write_outputs(self, cand: Candidate, out_dir: Path) -> list[dict[str, Any]]:
+        """Encode the set with `cand` into `out_dir` (atomic writes). An output never exceeds
+        its source: when the encode is not smaller and nothing is resized, the source is copied."""
+        from .files import atomic_write_bytes
+
+        written = []
+        for it in self.items:
+            _, data = self.render(it, cand)
+            src = it.source
+            keep = len(data) >= src.file_bytes and it.size == (src.width, src.height)
+            dest = out_dir / (
+                src.path.name if keep else src.path.stem + CODECS[cand.codec].extension
+            )
+            atomic_write_bytes(dest, src.path.read_bytes() if keep else data)
+            written.append(
+                {
+                    "name": src.path.name,
+                    "output": str(dest),
+                    "bytes": src.file_bytes if keep else len(data),
+                    "kept_source": keep,
+                }
+            )
+        return written
+
     def score(self, idx: int, cand: Candidate) -> tuple[int, dict[str, float]]:
         item = self.items[idx]
         key = (item.source.sha256, cand)

@@ -1,0 +1,326 @@
+"""`imgtune tune`: the command-line face of `optimizer.search.tune` (registered on `cli.app`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .cli import DeviceOpt, WeightsOpt, _build_suite, _fmt, _json_default, app, err, out
+from .outcome import EXIT_CODES_HELP, ExitCode
+
+
+def _parse_colour(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    t = text.strip().lstrip("#")
+    named = {"white": "ffffff", "black": "000000"}
+    t = named.get(t.lower(), t)
+    if len(t) != 6 or any(ch not in "0123456789abcdefABCDEF" for ch in t):
+        raise typer.BadParameter(f"{text!r} is not a colour: use white, black or #RRGGBB")
+    return tuple(int(t[k : k + 2], 16) for k in (0, 2, 4))  # type: ignore[return-value]
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def tune(
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of images: the set to tune one recipe for.")
+    ],
+    target: Annotated[
+        str | None,
+        typer.Option(help="Quality target, e.g. 'ssim>=0.97,ssim_p5>=0.9' (overrides --quality)."),
+    ] = None,
+    quality: Annotated[
+        str,
+        typer.Option(
+            help="Named target: low (ssim>=0.90), medium (ssim>=0.94,ssim_p5>=0.85), high "
+            "(ssim>=0.97,ssim_p5>=0.92), lossless-looking (ssim>=0.99,ssim_p5>=0.97)."
+        ),
+    ] = "high",
+    aggregate: Annotated[
+        str, typer.Option(help="How the set meets the target: min (every image), mean, or pNN.")
+    ] = "min",
+    trials: Annotated[int, typer.Option(help="Trials to run (added to a resumed study).")] = 40,
+    timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed: repeatable study on one machine.")] = None,
+    codecs: Annotated[
+        str | None,
+        typer.Option(
+            help="Codecs to search (default: every available one: jpeg, webp, avif[, jxl])."
+        ),
+    ] = None,
+    max_width: Annotated[int | None, typer.Option(help="Fit outputs inside this width.")] = None,
+    max_height: Annotated[int | None, typer.Option(help="Fit outputs inside this height.")] = None,
+    no_sharpen: Annotated[
+        bool, typer.Option("--no-sharpen", help="Keep sharpening at 1.0.")
+    ] = False,
+    background: Annotated[
+        str | None,
+        typer.Option(
+            help="Colour (white, black, #RRGGBB) to flatten transparency onto, which allows JPEG "
+            "for images with alpha."
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default sqlite:///studies/<name>.db).")
+    ] = None,
+    study_name: Annotated[
+        str | None,
+        typer.Option(help="Study name (default: the folder's name and a hash of the target)."),
+    ] = None,
+    new_study: Annotated[
+        bool, typer.Option("--new-study", help="Delete a stored study of that name and start over.")
+    ] = False,
+    preset_out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the preset (default studies/<name>.preset.json)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the set encoded with the chosen recipe here (sources untouched)."),
+    ] = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Find the smallest encoding recipe for a folder that still meets a quality target.
+
+    Searches codec, quality, codec options, sharpening and (when resizing) the resize filter
+    with an Optuna study; every image of FOLDER must meet the target. Writes the recipe as a
+    preset, and with --out the encoded images.
+    """
+    from .search import QUALITY_LEVELS
+    from .targets import TargetError, parse_target
+
+    if quality not in QUALITY_LEVELS:
+        err.print(
+            f"[red]error:[/red] unknown --quality {quality!r}; known: {', '.join(QUALITY_LEVELS)}"
+        )
+        raise typer.Exit(ExitCode.USAGE)
+    try:
+        tgt = parse_target(target or QUALITY_LEVELS[quality])
+        bg = _parse_colour(background)
+    except (TargetError, typer.BadParameter) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.USAGE) from None
+    if not folder.is_dir():
+        err.print(f"[red]error:[/red] {folder}: not a folder", highlight=False)
+        raise typer.Exit(ExitCode.NOTHING_DONE)
+    from .metrics import OUTPUTS
+
+    needed = {OUTPUTS[m].metric for m in tgt.metrics}
+    if "composite" in needed:
+        needed = (needed - {"composite"}) | {"lpips", "ssim", "psnr"}
+    suite = _build_suite(",".join(sorted(needed)), None, "alex", weights, device)
+    sources, skipped = _load_folder(folder, suite.min_side)
+    if not sources:
+        err.print(f"[red]error:[/red] no usable image in {folder}")
+        raise typer.Exit(ExitCode.NOTHING_DONE)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .codecs import available_codecs as codec_availability
+    from .presets import build_preset, write_preset
+    from .search import ImageSet, SearchSpace, StudyMismatchError, study_name_for, tune
+
+    avail = [c for c, ok in codec_availability().items() if ok]
+    chosen = [c.strip() for c in codecs.split(",")] if codecs else avail
+    unknown = [c for c in chosen if c not in avail]
+    if unknown:
+        err.print(
+            f"[red]error:[/red] codec(s) {', '.join(unknown)} not available; "
+            f"available: {', '.join(avail)}"
+        )
+        raise typer.Exit(ExitCode.USAGE)
+    if any(s.has_alpha for s in sources) and bg is None and "jpeg" in chosen:
+        chosen = [c for c in chosen if c != "jpeg"]
+        err.print(
+            "note: the set has images with transparency, so JPEG is not offered "
+            "(give --background COLOR to allow it)"
+        )
+        if not chosen:
+            raise typer.Exit(ExitCode.USAGE)
+    images = ImageSet(sources, suite, max_width=max_width, max_height=max_height, background=bg)
+    space = SearchSpace.default(chosen, resized=images.resized, sharpen=not no_sharpen)
+    name = study_name or study_name_for(folder, tgt, aggregate)
+    studies = Path("studies")
+    if storage is None:
+        studies.mkdir(exist_ok=True)
+        storage = f"sqlite:///{studies / (name + '.db')}"
+    feasible = 0
+    best_bytes: float | None = None
+    progress = Progress(
+        TextColumn("tuning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+        disable=not err.is_terminal,
+        transient=True,
+    )
+
+    def on_trial(ev) -> None:
+        nonlocal feasible, best_bytes
+        if ev.feasible:
+            feasible += 1
+            best_bytes = ev.total_bytes if best_bytes is None else min(best_bytes, ev.total_bytes)
+        status = f"best {best_bytes / 1024:.1f} KiB" if best_bytes else "no feasible yet"
+        progress.update(task, advance=1, status=f"{status}, {feasible} feasible")
+
+    with progress:
+        task = progress.add_task("tune", total=trials, status="")
+        try:
+            result = tune(
+                images,
+                tgt,
+                space,
+                trials=trials,
+                timeout=timeout,
+                seed=seed,
+                aggregate=aggregate,
+                storage=storage,
+                study_name=name,
+                new_study=new_study,
+                on_trial=on_trial,
+            )
+        except (StudyMismatchError, ValueError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(ExitCode.USAGE) from None
+    csv_path = studies / f"{name}.trials.csv" if storage.startswith("sqlite:///studies") else None
+    if csv_path:
+        from .files import atomic_write_text
+
+        atomic_write_text(csv_path, result.study.trials_dataframe().to_csv(index=False))
+    default_bytes = images.default_jpeg_bytes()
+    if result.best is None:
+        _print_infeasible(result, tgt, as_json)
+        raise typer.Exit(ExitCode.TARGET_MISSED)
+    preset = build_preset(result, images, tgt, aggregate)
+    preset_path = write_preset(preset, preset_out or studies / f"{name}.preset.json")
+    written = images.write_outputs(result.best.candidate, out) if out else None
+    summary = {
+        "study": name,
+        "storage": storage,
+        "preset": str(preset_path),
+        "params": result.best.candidate.as_dict(),
+        "target": str(tgt),
+        "aggregate": aggregate,
+        "total_bytes": int(result.best.total_bytes),
+        "source_bytes": images.source_bytes,
+        "jpeg85_bytes": default_bytes,
+        "quality": preset["achieved"]["quality"],
+        "trials": result.trials,
+        "pruned": result.pruned,
+        "infeasible": result.infeasible,
+        "encodes": result.encodes,
+        "cache_hits": result.cache_hits,
+        "seconds": round(result.seconds, 2),
+        "skipped_inputs": skipped,
+        "outputs": written,
+        "interrupted": result.interrupted,
+    }
+    if as_json:
+        out_console = Console()
+        out_console.out(json.dumps(summary, default=_json_default), highlight=False)
+    else:
+        _print_tune_summary(summary, images)
+    if result.interrupted:
+        err.print(
+            f"interrupted: {result.trials} trials are stored; run the same command "
+            f"again to resume study '{name}'"
+        )
+        raise typer.Exit(ExitCode.INTERRUPTED)
+    raise typer.Exit(ExitCode.PARTIAL if skipped else ExitCode.OK)
+
+
+def _load_folder(folder: Path, min_side: int):
+    from .images import ImageError, iter_image_files, load
+
+    sources, skipped = [], 0
+    for path in iter_image_files(folder):
+        try:
+            sources.append(load(path, min_side=min_side))
+        except ImageError as exc:
+            skipped += 1
+            err.print(f"[yellow]skipped:[/yellow] {exc}", highlight=False)
+    return sources, skipped
+
+
+def _print_infeasible(result, tgt, as_json) -> None:
+    ev = result.closest
+    if as_json:
+        Console().out(
+            json.dumps(
+                {
+                    "feasible": False,
+                    "target": str(tgt),
+                    "trials": result.trials,
+                    "closest": ev.candidate.as_dict() if ev else None,
+                }
+            ),
+            highlight=False,
+        )
+    err.print(
+        f"[red]no recipe met the target[/red] {tgt} in {result.trials} trials; no preset written.",
+        highlight=False,
+    )
+    if ev:
+        err.print(f"closest: {ev.candidate.as_dict()}", highlight=False)
+        for name, vals in ev.per_image.items():
+            missed = [str(c) for c in tgt.failures(vals)]
+            if missed:
+                got = ", ".join(f"{c.metric}={vals[c.metric]:.4f}" for c in tgt.failures(vals))
+                err.print(f"  {name}: misses {', '.join(missed)} ({got})", highlight=False)
+
+
+def _change(new: float, old: float) -> str:
+    pct = 100 * (new - old) / old
+    return f"{-pct:.1f}% smaller" if pct <= 0 else f"{pct:.1f}% larger"
+
+
+def _print_tune_summary(s: dict, images) -> None:
+    p = s["params"]
+    table = Table(
+        title=f"imgtune tune: study {s['study']}", title_justify="left", show_header=False
+    )
+    table.add_column(style="bold")
+    table.add_column()
+    opts = ", ".join(f"{k}={v}" for k, v in p["options"].items())
+    table.add_row(
+        "recipe",
+        f"{p['codec']} quality {p['quality']} ({opts}), sharpen "
+        f"{p['sharpen']}" + (f", resize {p['resize_filter']}" if p["resize_filter"] else ""),
+    )
+    n = len(images.items)
+    tb, sb, jb = s["total_bytes"], s["source_bytes"], s["jpeg85_bytes"]
+    table.add_row("bytes", f"{tb:,} for {n} images")
+    table.add_row("vs sources", f"{sb:,} -> {tb:,} ({_change(tb, sb)})")
+    table.add_row(
+        "vs JPEG q85",
+        f"{jb:,} -> {tb:,} ({_change(tb, jb)}; JPEG q85 is a fixed "
+        "default, not checked against the target)",
+    )
+    for metric, q in s["quality"].items():
+        table.add_row(
+            metric,
+            f"worst {_fmt(q['worst'])}, mean {_fmt(q['mean'])} "
+            f"(target {s['target']}, {s['aggregate']})",
+        )
+    table.add_row(
+        "trials",
+        f"{s['trials']} run, {s['pruned']} pruned early, {s['infeasible']} missed the target",
+    )
+    table.add_row("encodes", f"{s['encodes']} done, {s['cache_hits']} served from cache")
+    table.add_row("time", f"{s['seconds']:.1f} s")
+    table.add_row("preset", s["preset"])
+    if s["outputs"]:
+        kept = sum(o["kept_source"] for o in s["outputs"])
+        table.add_row(
+            "outputs",
+            f"{len(s['outputs'])} written"
+            + (f" ({kept} kept as the source, smaller than any encode)" if kept else ""),
+        )
+    out.print(table)
