@@ -55,6 +55,26 @@ def tune(
     ] = None,
     max_width: Annotated[int | None, typer.Option(help="Fit outputs inside this width.")] = None,
     max_height: Annotated[int | None, typer.Option(help="Fit outputs inside this height.")] = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="tpe: Optuna samples every dimension; bisect: Optuna samples the recipe and "
+            "each recipe's quality is found by bisection with interpolation."
+        ),
+    ] = "tpe",
+    quality_range: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-codec quality bounds, e.g. 'jpeg=50-95,avif=30-80' "
+            "(defaults: jpeg/webp 30-100, avif 20-100)."
+        ),
+    ] = None,
+    no_resize_search: Annotated[
+        bool,
+        typer.Option(
+            "--no-resize-search", help="When resizing, always use Lanczos instead of searching."
+        ),
+    ] = False,
     no_sharpen: Annotated[
         bool, typer.Option("--no-sharpen", help="Keep sharpening at 1.0.")
     ] = False,
@@ -144,7 +164,17 @@ def tune(
         if not chosen:
             raise typer.Exit(ExitCode.USAGE)
     images = ImageSet(sources, suite, max_width=max_width, max_height=max_height, background=bg)
-    space = SearchSpace.default(chosen, resized=images.resized, sharpen=not no_sharpen)
+    try:
+        bounds = _parse_ranges(quality_range, chosen)
+    except typer.BadParameter as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.USAGE) from None
+    space = SearchSpace.default(
+        chosen,
+        resized=images.resized and not no_resize_search,
+        sharpen=not no_sharpen,
+        quality=bounds,
+    )
     name = study_name or study_name_for(folder, tgt, aggregate)
     studies = Path("studies")
     if storage is None:
@@ -180,6 +210,7 @@ def tune(
                 trials=trials,
                 timeout=timeout,
                 seed=seed,
+                strategy=strategy,
                 aggregate=aggregate,
                 storage=storage,
                 study_name=name,
@@ -234,6 +265,27 @@ def tune(
         )
         raise typer.Exit(ExitCode.INTERRUPTED)
     raise typer.Exit(ExitCode.PARTIAL if skipped else ExitCode.OK)
+
+
+def _parse_ranges(text: str | None, chosen: list[str]) -> dict[str, tuple[int, int]]:
+    """'jpeg=50-95,avif=30-80' -> bounds, checked against each codec's own quality scale."""
+    from .codecs import CODECS
+
+    out: dict[str, tuple[int, int]] = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        name, _, rng = item.partition("=")
+        lo, _, hi = rng.partition("-")
+        if name not in chosen or not lo.isdigit() or not hi.isdigit():
+            raise typer.BadParameter(
+                f"bad --quality-range item {item!r}: expected CODEC=LOW-HIGH with CODEC one of "
+                f"{', '.join(chosen)}"
+            )
+        a, b = int(lo), int(hi)
+        qlo, qhi = CODECS[name].quality_range
+        if not qlo <= a <= b <= qhi:
+            raise typer.BadParameter(f"{item!r}: {name} quality runs {qlo}-{qhi}, low <= high")
+        out[name] = (a, b)
+    return out
 
 
 def _load_folder(folder: Path, min_side: int):

@@ -34,8 +34,10 @@ __all__ = [
     "Evaluation",
     "ImageSet",
     "SearchSpace",
+    "STRATEGIES",
     "StudyMismatchError",
     "TuneResult",
+    "bisect_quality",
     "evaluate",
     "tune",
 ]
@@ -105,10 +107,12 @@ class SearchSpace:
             options={c: opts[c] for c in codec_names},
         )
 
-    def suggest(self, trial) -> Candidate:
+    def suggest(self, trial, *, quality: bool = True) -> Candidate:
+        """A candidate from the trial. With `quality=False` (the bisect strategy) the quality is
+        left at the codec's maximum for the caller to search."""
         codec = trial.suggest_categorical("codec", list(self.codecs))
         lo, hi = self.quality[codec]
-        quality = trial.suggest_int(f"{codec}_quality", lo, hi)
+        quality = trial.suggest_int(f"{codec}_quality", lo, hi) if quality else hi
         opts = {}
         for name, choices in self.options.get(codec, {}).items():
             opts[name] = (
@@ -322,6 +326,72 @@ def evaluate(
     return Evaluation(cand, float(running), violation == 0.0, True, violation, per_image)
 
 
+STRATEGIES = ("tpe", "bisect")
+
+
+def _margin(ev: Evaluation, target: Target) -> float:
+    """Signed distance to the target, relative to each bound: > 0 inside, < 0 outside."""
+    if ev.feasible:
+        return min(
+            c.margin(v[c.metric]) / max(abs(c.value), 1e-9)
+            for c in target.clauses
+            for v in ev.per_image.values()
+        )
+    return -ev.violation / max(max(abs(c.value) for c in target.clauses), 1e-9)
+
+
+def bisect_quality(
+    images: ImageSet,
+    cand: Candidate,
+    target: Target,
+    bounds: tuple[int, int],
+    *,
+    aggregate: str = "min",
+) -> Evaluation:
+    """The lowest quality in `bounds` at which `cand`'s recipe meets the target, found by
+    bisection with interpolation between the bracketing probes (regula falsi on the margin,
+    as ab-av1 does for CRF), falling back to the midpoint when interpolation stalls.
+
+    The metric is only nearly monotone in quality (JPEG quantisation tables make small dips), so
+    the answer is always a probe that was itself evaluated feasible, never an assumption.
+    Infeasible even at the top of `bounds`: that evaluation is returned.
+    """
+    lo, hi = bounds
+
+    def probe(q: int) -> Evaluation:
+        c = Candidate(
+            cand.codec,
+            q,
+            cand.resize_filter,
+            cand.sharpen,
+            EncodeSettings.make(cand.codec, q, **dict(cand.options)).options,
+        )
+        return evaluate(images, c, target, aggregate=aggregate)
+
+    top = probe(hi)
+    if not top.feasible:
+        return top
+    bottom = probe(lo)
+    if bottom.feasible:
+        return bottom
+    good_q, good, bad_q, bad = hi, top, lo, bottom
+    while good_q - bad_q > 1:
+        m_good, m_bad = _margin(good, target), _margin(bad, target)
+        mid = (bad_q + good_q) // 2
+        q = mid
+        if m_good > m_bad:
+            guess = bad_q + (good_q - bad_q) * (-m_bad) / (m_good - m_bad)
+            if math.isfinite(guess):
+                q = round(guess)
+        q = min(max(q, bad_q + 1), good_q - 1)
+        ev = probe(q)
+        if ev.feasible:
+            good_q, good = q, ev
+        else:
+            bad_q, bad = q, ev
+    return good
+
+
 @dataclass
 class TuneResult:
     study_name: str
@@ -360,9 +430,14 @@ def tune(
     storage: str | None = None,
     study_name: str = "imgtune",
     new_study: bool = False,
+    strategy: str = "tpe",
     on_trial: Callable[[Evaluation], None] | None = None,
 ) -> TuneResult:
-    """Run (or resume) the study; returns the smallest feasible recipe found."""
+    """Run (or resume) the study; returns the smallest feasible recipe found.
+
+    `strategy="tpe"` lets Optuna sample every dimension; `"bisect"` lets it sample the recipe
+    (codec, options, filter, sharpening) and finds each recipe's quality with `bisect_quality`.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -379,8 +454,11 @@ def tune(
         )
     ):
         raise ValueError(f"aggregate must be min, mean or pNN (e.g. p10), not {aggregate!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     storage = storage or "sqlite:///:memory:"
     attrs = _study_attrs(images, target, aggregate, space)
+    attrs["strategy"] = strategy
     if new_study:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=study_name, storage=storage)
@@ -415,8 +493,15 @@ def tune(
     start_trials = len(study.trials)
 
     def objective(trial) -> float:
-        cand = space.suggest(trial)
-        ev = evaluate(images, cand, target, aggregate=aggregate, best_total=best_total())
+        if strategy == "bisect":
+            cand = space.suggest(trial, quality=False)
+            ev = bisect_quality(
+                images, cand, target, space.quality[cand.codec], aggregate=aggregate
+            )
+            cand = ev.candidate
+        else:
+            cand = space.suggest(trial)
+            ev = evaluate(images, cand, target, aggregate=aggregate, best_total=best_total())
         trial.set_user_attr("violation", ev.violation if not ev.pruned else 0.0)
         # Optuna's own constraint support (<= 0 feasible): best_trial is the smallest feasible.
         trial.set_constraint("target", ev.violation)

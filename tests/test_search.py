@@ -265,3 +265,103 @@ def test_resized_set_scores_against_lanczos_reference(small_set, suite):
     ev = evaluate(images, cand, parse_target("ssim>=0.1"), stop_early=False)
     assert all(np.isfinite(v["ssim"]) for v in ev.per_image.values())
     assert SearchSpace.default(["webp"], resized=False).filters is None
+
+
+@pytest.mark.parametrize(
+    ("codec", "opts"), [("jpeg", {"subsampling": "4:4:4"}), ("webp", {"method": 4}), ("avif", {})]
+)
+def test_bisect_finds_the_lowest_feasible_quality(small_set, suite, codec, opts):
+    from optimizer.search import bisect_quality
+
+    images = _images(small_set, suite)
+
+    def cand(q):
+        return Candidate(codec, q, None, 1.0, EncodeSettings.make(codec, q, **opts).options)
+
+    before = images.encodes
+    ev = bisect_quality(images, cand(100), TARGET, (40, 100))
+    probes = images.encodes - before
+    scan = [
+        q for q in range(40, 101) if evaluate(images, cand(q), TARGET, stop_early=False).feasible
+    ]
+    assert ev.feasible and ev.candidate.quality == min(scan)
+    assert probes < 61 * len(images.items) / 4  # far fewer encodes than scanning
+
+
+def test_bisect_reports_infeasible_top(small_set, suite):
+    from optimizer.search import bisect_quality
+
+    images = _images(small_set, suite)
+    c = Candidate("jpeg", 60, None, 1.0, EncodeSettings.make("jpeg", 60).options)
+    ev = bisect_quality(images, c, parse_target("ssim>=0.99999"), (30, 60))
+    assert not ev.feasible and ev.candidate.quality == 60
+
+
+def test_bisect_strategy_beats_or_matches_the_grid(small_set, suite):
+    space = SearchSpace(
+        codecs=("jpeg", "webp"),
+        quality={"jpeg": (89, 96), "webp": (89, 96)},
+        filters=None,
+        sharpen=None,
+        options={"jpeg": {"subsampling": ("4:4:4",)}, "webp": {"method": (4,)}},
+    )
+    images = _images(small_set, suite)
+    result = tune(images, TARGET, space, trials=6, seed=0, strategy="bisect")
+    grid = []
+    for codec, q in itertools.product(("jpeg", "webp"), range(89, 97)):
+        opts = {"subsampling": "4:4:4"} if codec == "jpeg" else {"method": 4}
+        c = Candidate(codec, q, None, 1.0, EncodeSettings.make(codec, q, **opts).options)
+        ev = evaluate(images, c, TARGET, stop_early=False)
+        if ev.feasible:
+            grid.append(ev.total_bytes)
+    assert result.best is not None and result.best.total_bytes <= min(grid)
+    with pytest.raises(ValueError, match="tpe, bisect"):
+        tune(images, TARGET, space, trials=1, strategy="anneal")
+
+
+def test_cli_strategy_ranges_and_bad_range(small_set, tmp_path):
+    r = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(small_set),
+            "--target",
+            "ssim>=0.95",
+            "--strategy",
+            "bisect",
+            "--trials",
+            "3",
+            "--codecs",
+            "webp",
+            "--quality-range",
+            "webp=60-99",
+            "--device",
+            "cpu",
+            "--storage",
+            f"sqlite:///{tmp_path / 'b.db'}",
+            "--preset-out",
+            str(tmp_path / "b.json"),
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    q = json.loads(r.stdout)["params"]["quality"]
+    assert 60 <= q <= 99
+    r = CliRunner().invoke(
+        app, ["tune", str(small_set), "--codecs", "webp", "--quality-range", "webp=90-40"]
+    )
+    assert r.exit_code == ExitCode.USAGE and "'webp=90-40'" in r.stderr
+    r = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(small_set),
+            "--strategy",
+            "anneal",
+            "--trials",
+            "1",
+            "--storage",
+            f"sqlite:///{tmp_path / 'c.db'}",
+        ],
+    )
+    assert r.exit_code == ExitCode.USAGE and "tpe, bisect" in r.stderr
