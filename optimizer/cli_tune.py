@@ -75,6 +75,9 @@ def tune(
             "--no-resize-search", help="When resizing, always use Lanczos instead of searching."
         ),
     ] = False,
+    jobs: Annotated[
+        int, typer.Option(help="Trials run in parallel (threads; encoders and torch use them).")
+    ] = 1,
     no_sharpen: Annotated[
         bool, typer.Option("--no-sharpen", help="Keep sharpening at 1.0.")
     ] = False,
@@ -211,6 +214,7 @@ def tune(
                 timeout=timeout,
                 seed=seed,
                 strategy=strategy,
+                jobs=jobs,
                 aggregate=aggregate,
                 storage=storage,
                 study_name=name,

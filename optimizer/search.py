@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -190,6 +191,8 @@ class ImageSet:
         self.encodes = 0
         self.cache_hits = 0
         self.order = list(range(len(self.items)))  # hardest first: the last to fail moves up
+        # Parallel trials (--jobs) run in threads: the bookkeeping above is shared between them.
+        self._lock = threading.Lock()
 
     @property
     def source_bytes(self) -> int:
@@ -248,18 +251,26 @@ class ImageSet:
     def score(self, idx: int, cand: Candidate) -> tuple[int, dict[str, float]]:
         item = self.items[idx]
         key = (item.source.sha256, cand)
-        if key in self.cache:
-            self.cache_hits += 1
-            return self.cache[key]
-        _, data = self.render(item, cand)
-        self.encodes += 1
+        with self._lock:
+            if key in self.cache:
+                self.cache_hits += 1
+                return self.cache[key]
+            self.encodes += 1
+        _, data = self.render(item, cand)  # encoders and torch release the GIL: run unlocked
         alpha_kept = item.source.has_alpha and CODECS[cand.codec].supports_alpha
         channels = item.channels if alpha_kept or not item.source.has_alpha else item.channels - 1
         decoded = codecs.decode(data, channels=channels)
         prepared = item.prepared if alpha_kept or not item.source.has_alpha else item.prepared_flat
         values = self.suite.score(prepared, [decoded])[0].values
-        self.cache[key] = (len(data), values)
-        return self.cache[key]
+        with self._lock:
+            self.cache[key] = (len(data), values)
+        return len(data), values
+
+    def mark_hard(self, idx: int) -> None:
+        """Score `idx` first from now on: the image that failed most recently."""
+        with self._lock:
+            self.order.remove(idx)
+            self.order.insert(0, idx)
 
 
 @dataclass
@@ -297,15 +308,16 @@ def evaluate(
     done_px = 0
     running = 0
     per_image: dict[str, dict[str, float]] = {}
-    for idx in list(images.order):
+    with images._lock:
+        order = list(images.order)
+    for idx in order:
         item = images.items[idx]
         nbytes, values = images.score(idx, cand)
         running += nbytes
         done_px += item.size[0] * item.size[1]
         per_image[item.source.path.name] = {"bytes": nbytes, **values}
         if stop_early and aggregate == "min" and target.failures(values):
-            images.order.remove(idx)
-            images.order.insert(0, idx)
+            images.mark_hard(idx)
             shortfall = max(-c.margin(values[c.metric]) for c in target.failures(values))
             return Evaluation(
                 cand, running * total_px / done_px, False, False, shortfall, per_image
@@ -431,6 +443,7 @@ def tune(
     study_name: str = "imgtune",
     new_study: bool = False,
     strategy: str = "tpe",
+    jobs: int = 1,
     on_trial: Callable[[Evaluation], None] | None = None,
 ) -> TuneResult:
     """Run (or resume) the study; returns the smallest feasible recipe found.
@@ -456,18 +469,21 @@ def tune(
         raise ValueError(f"aggregate must be min, mean or pNN (e.g. p10), not {aggregate!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
-    storage = storage or "sqlite:///:memory:"
+    # No storage given: Optuna's in-memory storage (an in-memory SQLite URL would give each
+    # --jobs thread its own empty database).
+    backend = optuna.storages.InMemoryStorage() if storage is None else storage
+    storage = storage or "memory"
     attrs = _study_attrs(images, target, aggregate, space)
     attrs["strategy"] = strategy
     if new_study:
         with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=study_name, storage=storage)
+            optuna.delete_study(study_name=study_name, storage=backend)
     sampler = optuna.samplers.TPESampler(
         seed=seed, n_startup_trials=min(10, max(4, trials // 4)), multivariate=True
     )
     study = optuna.create_study(
         study_name=study_name,
-        storage=storage,
+        storage=backend,
         direction="minimize",
         sampler=sampler,
         load_if_exists=True,
@@ -515,7 +531,7 @@ def tune(
 
     interrupted = False
     try:
-        study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
+        study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, catch=())
     except KeyboardInterrupt:
         interrupted = True  # finished trials are stored; the caller says how to resume
     result = _result(study, images, target, aggregate, storage, study_name, start_trials, t0)

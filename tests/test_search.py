@@ -365,3 +365,44 @@ def test_cli_strategy_ranges_and_bad_range(small_set, tmp_path):
         ],
     )
     assert r.exit_code == ExitCode.USAGE and "tpe, bisect" in r.stderr
+
+
+def test_parallel_jobs_share_the_cache_safely(small_set, suite):
+    images = _images(small_set, suite)
+    space = SearchSpace.default(["jpeg", "webp"], resized=False, sharpen=False)
+    result = tune(images, TARGET, space, trials=12, seed=0, jobs=2)
+    assert result.trials == 12 and result.best is not None and result.best.feasible
+    # every (image, recipe) pair was encoded at most once across the threads
+    assert images.encodes == len(images.cache) and result.encodes <= len(images.cache)
+
+
+def test_interrupt_keeps_finished_trials_and_resumes(small_set, suite, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'i.db'}"
+    space = SearchSpace.default(["webp"], resized=False, sharpen=False)
+    seen = []
+
+    def ctrl_c_on_third(ev):
+        seen.append(ev)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    r = tune(
+        _images(small_set, suite),
+        TARGET,
+        space,
+        trials=10,
+        seed=0,
+        storage=storage,
+        study_name="i",
+        on_trial=ctrl_c_on_third,
+    )
+    assert r.interrupted
+    import optuna
+
+    study = optuna.load_study(study_name="i", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2  # the two finished trials survive the interrupt
+    r2 = tune(
+        _images(small_set, suite), TARGET, space, trials=3, seed=0, storage=storage, study_name="i"
+    )
+    assert not r2.interrupted and r2.trials == r.trials + 3
