@@ -166,7 +166,15 @@ def tune(
         )
         if not chosen:
             raise typer.Exit(ExitCode.USAGE)
-    images = ImageSet(sources, suite, max_width=max_width, max_height=max_height, background=bg)
+    # Scores persist per image set (not per target): a resumed or re-targeted run reuses them.
+    images = ImageSet(
+        sources,
+        suite,
+        max_width=max_width,
+        max_height=max_height,
+        background=bg,
+        cache_path=Path("studies") / f"{folder.resolve().name}.scores.sqlite",
+    )
     try:
         bounds = _parse_ranges(quality_range, chosen)
     except typer.BadParameter as exc:

@@ -166,7 +166,11 @@ class ImageSet:
         max_width: int | None = None,
         max_height: int | None = None,
         background: tuple[int, int, int] | None = None,
+        cache_path: str | Path | None = None,
     ):
+        """`cache_path`: an SQLite file that keeps encode sizes and scores across runs, keyed by
+        (image hash, output size, background, recipe, metric spec), so a resumed or re-targeted
+        run pays nothing for a recipe it has scored before."""
         if not sources:
             raise ValueError("an image set needs at least one image")
         self.suite = suite
@@ -193,6 +197,18 @@ class ImageSet:
         self.order = list(range(len(self.items)))  # hardest first: the last to fail moves up
         # Parallel trials (--jobs) run in threads: the bookkeeping above is shared between them.
         self._lock = threading.Lock()
+        self._spec = json.dumps(suite.spec(), sort_keys=True)
+        self._db = None
+        if cache_path is not None:
+            import sqlite3
+
+            Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(cache_path), check_same_thread=False)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, bytes INTEGER, "
+                "scores TEXT)"
+            )
+            self._db.commit()
 
     @property
     def source_bytes(self) -> int:
@@ -255,6 +271,15 @@ class ImageSet:
             if key in self.cache:
                 self.cache_hits += 1
                 return self.cache[key]
+            disk_key = self._disk_key(item, cand) if self._db is not None else None
+            if disk_key is not None:
+                row = self._db.execute(
+                    "SELECT bytes, scores FROM scores WHERE key = ?", (disk_key,)
+                ).fetchone()
+                if row is not None:
+                    self.cache_hits += 1
+                    self.cache[key] = (row[0], json.loads(row[1], parse_constant=float))
+                    return self.cache[key]
             self.encodes += 1
         _, data = self.render(item, cand)  # encoders and torch release the GIL: run unlocked
         alpha_kept = item.source.has_alpha and CODECS[cand.codec].supports_alpha
@@ -264,7 +289,20 @@ class ImageSet:
         values = self.suite.score(prepared, [decoded])[0].values
         with self._lock:
             self.cache[key] = (len(data), values)
+            if disk_key is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO scores VALUES (?, ?, ?)",
+                    (disk_key, len(data), json.dumps(values)),
+                )
+                self._db.commit()
         return len(data), values
+
+    def _disk_key(self, item: _Item, cand: Candidate) -> str:
+        blob = json.dumps(
+            [item.source.sha256, item.size, self.background, cand.as_dict(), self._spec],
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def mark_hard(self, idx: int) -> None:
         """Score `idx` first from now on: the image that failed most recently."""

@@ -406,3 +406,23 @@ def test_interrupt_keeps_finished_trials_and_resumes(small_set, suite, tmp_path)
         _images(small_set, suite), TARGET, space, trials=3, seed=0, storage=storage, study_name="i"
     )
     assert not r2.interrupted and r2.trials == r.trials + 3
+
+
+def test_disk_cache_serves_a_later_run_and_respects_the_metric_spec(small_set, suite, tmp_path):
+    db = tmp_path / "scores.sqlite"
+    cand = Candidate("webp", 77, None, 1.0, EncodeSettings.make("webp", 77).options)
+    first = _images(small_set, suite, cache_path=db)
+    a = evaluate(first, cand, TARGET, stop_early=False)
+    assert first.encodes == len(first.items)
+    later = _images(small_set, MetricSuite.build(["ssim"], device="cpu"), cache_path=db)
+    b = evaluate(later, cand, TARGET, stop_early=False)
+    assert later.encodes == 0 and later.cache_hits == len(later.items)
+    assert a.per_image == b.per_image
+    other_metrics = _images(
+        small_set, MetricSuite.build(["ssim", "psnr"], device="cpu"), cache_path=db
+    )
+    evaluate(other_metrics, cand, TARGET, stop_early=False)
+    assert other_metrics.encodes == len(other_metrics.items)  # another spec: no stale scores
+    resized = _images(small_set, suite, cache_path=db, max_width=64)
+    evaluate(resized, Candidate("webp", 77, "lanczos", 1.0, cand.options), TARGET, stop_early=False)
+    assert resized.encodes == len(resized.items)
