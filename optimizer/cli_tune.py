@@ -50,7 +50,7 @@ def tune(
     codecs: Annotated[
         str | None,
         typer.Option(
-            help="Codecs to search (default: every available one: jpeg, webp, avif[, jxl])."
+            help="Codecs to search (default jpeg,webp,avif; add jxl with pillow-jxl-plugin)."
         ),
     ] = None,
     max_width: Annotated[int | None, typer.Option(help="Fit outputs inside this width.")] = None,
@@ -150,7 +150,8 @@ def tune(
     from .search import ImageSet, SearchSpace, StudyMismatchError, study_name_for, tune
 
     avail = [c for c, ok in codec_availability().items() if ok]
-    chosen = [c.strip() for c in codecs.split(",")] if codecs else avail
+    # JPEG XL only on request: most browsers cannot display it.
+    chosen = [c.strip() for c in codecs.split(",")] if codecs else [c for c in avail if c != "jxl"]
     unknown = [c for c in chosen if c not in avail]
     if unknown:
         err.print(

@@ -102,3 +102,17 @@ def test_jpeg_refuses_alpha_without_background_and_flattens_with_one():
     la = np.zeros((16, 16, 2), np.uint8)  # grey + fully transparent
     flat = decode(encode(la, EncodeSettings.make("jpeg", 95), background=(255, 0, 0)))
     assert abs(int(flat[..., 0].mean()) - 76) <= 2  # pure red's luminance (0.299 * 255)
+
+
+def test_jpeg_xl_through_the_plugin():
+    """pillow-jxl-plugin is a dev dependency, so this path runs in CI too."""
+    assert available_codecs()["jxl"], "pip install -e '.[dev]' installs pillow-jxl-plugin"
+    px = read_rgb(sample_paths()[1])
+    fast = encode(px, EncodeSettings.make("jxl", 80, effort=1))
+    slow = encode(px, EncodeSettings.make("jxl", 80, effort=9))
+    assert fast != slow  # the option reaches the encoder
+    out = decode(slow, channels=3)
+    assert out.shape == px.shape and np.abs(out.astype(int) - px).mean() < 6
+    assert Image.open(io.BytesIO(slow)).format == "JXL"
+    with pytest.raises(CodecError, match=r"effort=0 must be an integer in \[1, 9\]"):
+        EncodeSettings.make("jxl", 80, effort=0)
