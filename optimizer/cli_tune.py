@@ -233,11 +233,12 @@ def tune(
         except (StudyMismatchError, ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(ExitCode.USAGE) from None
-    csv_path = studies / f"{name}.trials.csv" if storage.startswith("sqlite:///studies") else None
-    if csv_path:
-        from .files import atomic_write_text
+    from .files import atomic_write_text
 
-        atomic_write_text(csv_path, result.study.trials_dataframe().to_csv(index=False))
+    # Every study gets its trials.csv locally, whatever storage holds the study itself.
+    csv_path = atomic_write_text(
+        studies / f"{name}.trials.csv", result.study.trials_dataframe().to_csv(index=False)
+    )
     default_bytes = images.default_jpeg_bytes()
     if result.best is None:
         _print_infeasible(result, tgt, as_json)
@@ -263,6 +264,10 @@ def tune(
         "cache_hits": result.cache_hits,
         "seconds": round(result.seconds, 2),
         "skipped_inputs": skipped,
+        "trials_csv": str(csv_path),
+        "codecs_available": [c for c, ok in codec_availability().items() if ok],
+        "codecs_searched": list(space.codecs),
+        "strategy": strategy,
         "outputs": written,
         "interrupted": result.interrupted,
     }
@@ -358,6 +363,11 @@ def _print_tune_summary(s: dict, images) -> None:
         "recipe",
         f"{p['codec']} quality {p['quality']} ({opts}), sharpen "
         f"{p['sharpen']}" + (f", resize {p['resize_filter']}" if p["resize_filter"] else ""),
+    )
+    table.add_row(
+        "codecs",
+        f"searched {', '.join(s['codecs_searched'])} ({s['strategy']}); available here: "
+        f"{', '.join(s['codecs_available'])}",
     )
     n = len(images.items)
     tb, sb, jb = s["total_bytes"], s["source_bytes"], s["jpeg85_bytes"]

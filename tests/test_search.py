@@ -426,3 +426,40 @@ def test_disk_cache_serves_a_later_run_and_respects_the_metric_spec(small_set, s
     resized = _images(small_set, suite, cache_path=db, max_width=64)
     evaluate(resized, Candidate("webp", 77, "lanczos", 1.0, cand.options), TARGET, stop_early=False)
     assert resized.encodes == len(resized.items)
+
+
+def test_seed_makes_the_study_repeatable(small_set, suite):
+    space = SearchSpace.default(["jpeg", "webp"], resized=False)
+    runs = [tune(_images(small_set, suite), TARGET, space, trials=8, seed=7) for _ in range(2)]
+    assert runs[0].best.candidate == runs[1].best.candidate
+    a = [t.params for t in runs[0].study.trials]
+    assert a == [t.params for t in runs[1].study.trials]
+
+
+def test_cli_reports_codecs_and_writes_trials_csv_with_custom_storage(
+    small_set, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(small_set),
+            "--target",
+            "ssim>=0.9",
+            "--trials",
+            "3",
+            "--storage",
+            f"sqlite:///{tmp_path / 'elsewhere.db'}",
+            "--study-name",
+            "mine",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert {"jpeg", "webp", "avif"} <= set(s["codecs_available"])
+    assert "jxl" not in s["codecs_searched"]  # only on request
+    assert (tmp_path / "studies" / "mine.trials.csv").is_file()
