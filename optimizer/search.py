@@ -544,7 +544,6 @@ def tune(
             return None
 
     t0 = time.perf_counter()
-    start_trials = len(study.trials)
 
     def objective(trial) -> float:
         if strategy == "bisect":
@@ -572,12 +571,12 @@ def tune(
         study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, catch=())
     except KeyboardInterrupt:
         interrupted = True  # finished trials are stored; the caller says how to resume
-    result = _result(study, images, target, aggregate, storage, study_name, start_trials, t0)
+    result = _result(study, images, target, aggregate, storage, study_name, t0)
     result.interrupted = interrupted
     return result
 
 
-def _result(study, images, target, aggregate, storage, name, start, t0) -> TuneResult:
+def _result(study, images, target, aggregate, storage, name, t0) -> TuneResult:
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
