@@ -16,6 +16,7 @@ import json
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -197,6 +198,8 @@ class ImageSet:
         self.order = list(range(len(self.items)))  # hardest first: the last to fail moves up
         # Parallel trials (--jobs) run in threads: the bookkeeping above is shared between them.
         self._lock = threading.Lock()
+        self._pixels: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.total_pixels = sum(it.size[0] * it.size[1] for it in self.items)
         self._spec = json.dumps(suite.spec(), sort_keys=True)
         self._db = None
         if cache_path is not None:
@@ -217,8 +220,15 @@ class ImageSet:
     def fingerprint(self) -> list[dict[str, str]]:
         return [{"name": it.source.path.name, "sha256": it.source.sha256} for it in self.items]
 
-    def render(self, item: _Item, cand: Candidate) -> tuple[np.ndarray, bytes]:
-        """Transform and encode one image with `cand`."""
+    def _transformed(self, item: _Item, cand: Candidate) -> np.ndarray:
+        """Resized and sharpened pixels, shared by every candidate with the same filter and
+        sharpening (bisection probes many qualities of one recipe). A small LRU keeps memory
+        bounded by a couple of versions of each image in the set."""
+        key = (item.source.sha256, item.size, cand.resize_filter, cand.sharpen)
+        with self._lock:
+            if key in self._pixels:
+                self._pixels.move_to_end(key)
+                return self._pixels[key]
         size = item.size if item.size != (item.source.width, item.source.height) else None
         px = transforms.apply(
             item.source.pixels,
@@ -226,6 +236,15 @@ class ImageSet:
             resize_filter=cand.resize_filter or "lanczos",
             sharpen=cand.sharpen,
         )
+        with self._lock:
+            self._pixels[key] = px
+            while len(self._pixels) > 2 * len(self.items):
+                self._pixels.popitem(last=False)
+        return px
+
+    def render(self, item: _Item, cand: Candidate) -> tuple[np.ndarray, bytes]:
+        """Transform and encode one image with `cand`."""
+        px = self._transformed(item, cand)
         return px, codecs.encode(px, cand.settings(), background=self.background)
 
     def default_jpeg_bytes(self) -> int:
@@ -342,7 +361,7 @@ def evaluate(
 ) -> Evaluation:
     """Score `cand` on the set, hardest image first; with `stop_early`, stop as soon as the
     outcome is known (an image misses a `min` target, or the bytes pass `best_total`)."""
-    total_px = sum(it.size[0] * it.size[1] for it in images.items)
+    total_px = images.total_pixels
     done_px = 0
     running = 0
     per_image: dict[str, dict[str, float]] = {}
@@ -513,6 +532,8 @@ def tune(
     storage = storage or "memory"
     attrs = _study_attrs(images, target, aggregate, space)
     attrs["strategy"] = strategy
+    # As the storage will give it back (tuples become lists): compare like with like.
+    attrs = json.loads(json.dumps(attrs))
     if new_study:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=study_name, storage=backend)
@@ -528,10 +549,10 @@ def tune(
     )
     stored = study.user_attrs.get("spec")
     if stored is None:
-        study.set_user_attr("spec", json.loads(json.dumps(attrs)))
+        study.set_user_attr("spec", attrs)
         study.set_user_attr("imgtune_version", __import__("optimizer").__version__)
-    elif stored != json.loads(json.dumps(attrs)):
-        changed = [k for k in attrs if stored.get(k) != json.loads(json.dumps(attrs[k]))]
+    elif stored != attrs:
+        changed = [k for k in attrs if stored.get(k) != attrs[k]]
         raise StudyMismatchError(
             f"study '{study_name}' in {storage} was made for a different {', '.join(changed)}; "
             f"rerun with --new-study to start over, or --study-name NAME for a separate study"

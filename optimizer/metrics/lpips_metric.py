@@ -201,6 +201,7 @@ class LPIPS(Metric):
         self._layout = torch.channels_last if cpu else torch.contiguous_format
         self.network.to(memory_format=self._layout)
         self._meta = None
+        self._strides: list[int] | None = None
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         import lpips
@@ -243,8 +244,12 @@ class LPIPS(Metric):
         h, w = prepared.size
         n = candidates.shape[0]
         shapes = self._layer_shapes(h, w)
-        # Each layer's stride, from a large probe (a small side would round badly).
-        strides = [2 ** round(math.log2(1024 / hk)) for hk, _ in self._layer_shapes(1024, 1024)]
+        if self._strides is None:
+            # Each layer's stride, from a large probe (a small side would round badly); once.
+            self._strides = [
+                2 ** round(math.log2(1024 / hk)) for hk, _ in self._layer_shapes(1024, 1024)
+            ]
+        strides = self._strides
         maps = [candidates.new_zeros(n, 1, hk, wk) for hk, wk in shapes]
         t, m = self.tile, self.margin
         for y0 in range(0, h, t):
