@@ -13,12 +13,11 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
-import warnings
 from datetime import date
 from pathlib import Path
 
 from ._results import write_section
+from ._weights import random_alexnet_dir
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -45,17 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     metrics = args.metric or ["lpips", "ssim", "ms_ssim"]
-    wdir = ""
-    if "lpips" in metrics:
-        import torch
-        import torchvision.models as tvm
-
-        from optimizer.metrics.lpips_metric import backbone_weights_file
-
-        wdir = tempfile.mkdtemp()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.save(tvm.alexnet().state_dict(), Path(wdir) / backbone_weights_file("alex")[0])
+    wdir = str(random_alexnet_dir()) if "lpips" in metrics else ""
     rows = []
     for name in metrics:
         for side in args.sizes:

@@ -17,9 +17,7 @@ import argparse
 import io
 import platform
 import sys
-import tempfile
 import time
-import warnings
 from datetime import date
 from pathlib import Path
 
@@ -28,9 +26,10 @@ import torch
 from PIL import Image
 
 from optimizer.metrics import MetricSuite
-from optimizer.metrics.lpips_metric import LPIPS, backbone_weights_file, find_backbone_weights
+from optimizer.metrics.lpips_metric import LPIPS, find_backbone_weights
 
 from ._results import write_section
+from ._weights import random_alexnet_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -54,14 +53,10 @@ def weights_dir(arg: str | None) -> tuple[Path, str]:
     try:
         return find_backbone_weights("alex", allow_download=False).parent, "real (torch cache)"
     except Exception:  # noqa: BLE001 - no real weights here: time a random backbone instead
-        d = Path(tempfile.mkdtemp())
-        import torchvision.models as tvm
-
-        torch.manual_seed(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.save(tvm.alexnet().state_dict(), d / backbone_weights_file("alex")[0])
-        return d, "random AlexNet (no pretrained weights on this machine; timing unaffected)"
+        return (
+            random_alexnet_dir(),
+            "random AlexNet (no pretrained weights on this machine; timing unaffected)",
+        )
 
 
 def seed_scores(ref: np.ndarray, cands: list[np.ndarray], lpips_module, device) -> list[float]:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .images import MODES, pil_to_pixels, pixels_to_pil
+
 __all__ = [
     "CODECS",
     "Codec",
@@ -195,9 +197,7 @@ def _to_pil(pixels: np.ndarray, background: tuple[int, int, int] | None, spec: C
         # Grey + alpha flattens onto the background's luminance (ITU-R 601, as Pillow's "L").
         bg = np.array((r, g, b) if c == 4 else (0.299 * r + 0.587 * g + 0.114 * b,), np.float32)
         pixels = np.rint(colour * alpha + bg * (1 - alpha)).astype(np.uint8)
-        c = pixels.shape[2]
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
-    return Image.fromarray(pixels[:, :, 0] if c == 1 else pixels, mode)
+    return pixels_to_pil(pixels)
 
 
 def encode(
@@ -226,6 +226,4 @@ def decode(data: bytes, channels: int | None = None) -> np.ndarray:
     has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
     if channels is None:
         channels = {"L": 1, "LA": 2}.get(im.mode, 4 if has_alpha else 3)
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
-    arr = np.asarray(im.convert(mode))
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    return pil_to_pixels(im.convert(MODES[channels]))

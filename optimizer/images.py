@@ -22,6 +22,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "MODES",
     "AnimatedImageError",
     "BrokenLinkError",
     "EmptyFileError",
@@ -35,6 +36,8 @@ __all__ = [
     "UnsupportedImageError",
     "iter_image_files",
     "load",
+    "pil_to_pixels",
+    "pixels_to_pil",
 ]
 
 # Pillow's own decompression-bomb threshold (about 89 megapixels); we keep it unless told otherwise.
@@ -122,9 +125,23 @@ class SourceImage:
         return self.channels in (1, 2)
 
     def to_pil(self) -> Image.Image:
-        mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[self.channels]
-        arr = self.pixels[:, :, 0] if self.channels == 1 else self.pixels
-        return Image.fromarray(arr, mode)
+        return pixels_to_pil(self.pixels)
+
+
+#: channels of an H x W x C array -> Pillow mode, the one mapping every module uses
+MODES: dict[int, str] = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def pixels_to_pil(pixels: np.ndarray) -> Image.Image:
+    """uint8 H x W x C (C = 1..4) -> a Pillow image of the matching mode."""
+    c = pixels.shape[2]
+    return Image.fromarray(pixels[:, :, 0] if c == 1 else pixels, MODES[c])
+
+
+def pil_to_pixels(im: Image.Image) -> np.ndarray:
+    """A Pillow image -> uint8 H x W x C (grey keeps its single channel)."""
+    arr = np.asarray(im)
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 _limit_lock = threading.Lock()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from .images import pil_to_pixels, pixels_to_pil
+
 __all__ = ["RESIZE_FILTERS", "SHARPEN_RANGE", "apply", "fit_size", "reference"]
 
 RESIZE_FILTERS: dict[str, Image.Resampling] = {
@@ -23,7 +25,6 @@ RESIZE_FILTERS: dict[str, Image.Resampling] = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 SHARPEN_RANGE = (0.0, 2.0)
-_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
 def fit_size(
@@ -44,16 +45,6 @@ def fit_size(
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _to_pil(pixels: np.ndarray) -> Image.Image:
-    c = pixels.shape[2]
-    return Image.fromarray(pixels[:, :, 0] if c == 1 else pixels, _MODES[c])
-
-
-def _to_array(im: Image.Image) -> np.ndarray:
-    arr = np.asarray(im)
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
 def apply(
     pixels: np.ndarray,
     *,
@@ -70,7 +61,7 @@ def apply(
     lo, hi = SHARPEN_RANGE
     if not lo <= sharpen <= hi:
         raise ValueError(f"sharpen must be in [{lo}, {hi}] (1.0 = unchanged), got {sharpen}")
-    im = _to_pil(pixels)
+    im = pixels_to_pil(pixels)
     w, h = im.size
     if size is not None:
         if size[0] > w or size[1] > h:
@@ -85,7 +76,7 @@ def apply(
         if alpha is not None:
             colour.putalpha(alpha)
         im = colour
-    return _to_array(im)
+    return pil_to_pixels(im)
 
 
 def reference(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
