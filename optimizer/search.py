@@ -199,6 +199,7 @@ class ImageSet:
         # Parallel trials (--jobs) run in threads: the bookkeeping above is shared between them.
         self._lock = threading.Lock()
         self._pixels: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._inflight: dict[tuple[str, Candidate], threading.Event] = {}
         self.total_pixels = sum(it.size[0] * it.size[1] for it in self.items)
         self._spec = json.dumps(suite.spec(), sort_keys=True)
         self._db = None
@@ -299,22 +300,38 @@ class ImageSet:
                     self.cache_hits += 1
                     self.cache[key] = (row[0], json.loads(row[1], parse_constant=float))
                     return self.cache[key]
-            self.encodes += 1
-        _, data = self.render(item, cand)  # encoders and torch release the GIL: run unlocked
+            # Another --jobs thread already encoding this pair: wait for its result rather
+            # than encoding it twice.
+            pending = self._inflight.get(key)
+            if pending is None:
+                self._inflight[key] = threading.Event()
+                self.encodes += 1
+        if pending is not None:
+            pending.wait()
+            return self.score(idx, cand)  # served from the cache (or retried if it failed)
+        try:
+            result = self._encode_and_score(item, cand)
+            with self._lock:
+                self.cache[key] = result
+                if disk_key is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO scores VALUES (?, ?, ?)",
+                        (disk_key, result[0], json.dumps(result[1])),
+                    )
+                    self._db.commit()
+        finally:
+            with self._lock:
+                self._inflight.pop(key).set()
+        return result
+
+    def _encode_and_score(self, item: _Item, cand: Candidate) -> tuple[int, dict[str, float]]:
+        # Runs unlocked: Pillow's encoders and torch release the GIL.
+        _, data = self.render(item, cand)
         alpha_kept = item.source.has_alpha and CODECS[cand.codec].supports_alpha
         channels = item.channels if alpha_kept or not item.source.has_alpha else item.channels - 1
         decoded = codecs.decode(data, channels=channels)
         prepared = item.prepared if alpha_kept or not item.source.has_alpha else item.prepared_flat
-        values = self.suite.score(prepared, [decoded])[0].values
-        with self._lock:
-            self.cache[key] = (len(data), values)
-            if disk_key is not None:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO scores VALUES (?, ?, ?)",
-                    (disk_key, len(data), json.dumps(values)),
-                )
-                self._db.commit()
-        return len(data), values
+        return len(data), self.suite.score(prepared, [decoded])[0].values
 
     def _disk_key(self, item: _Item, cand: Candidate) -> str:
         blob = json.dumps(
