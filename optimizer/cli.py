@@ -52,10 +52,9 @@ MetricsOpt = Annotated[
     typer.Option(
         "--metrics",
         "-m",
-        help="Comma-separated metrics: lpips, ssim, ms_ssim, psnr. LPIPS needs the AlexNet "
-        "backbone "
-        "weights (downloaded once into the torch cache, or --weights DIR); 'ssim,ms_ssim,psnr' "
-        "needs none.",
+        help="Comma-separated metrics: lpips, ssim, ms_ssim, psnr, ssimulacra2. LPIPS needs the "
+        "AlexNet backbone weights (downloaded once into the torch cache, or --weights DIR); "
+        "'ssim,ms_ssim,psnr,ssimulacra2' needs none.",
     ),
 ]
 WeightsOpt = Annotated[
@@ -69,6 +68,15 @@ WeightsOpt = Annotated[
 ]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="Fuse the SSIM, MS-SSIM and SSIMULACRA2 kernels with torch.compile: 10-30 s once "
+        "per process (needs a C++ compiler on the CPU), then 2-4x faster scoring; pays off on "
+        "jobs of a few hundred candidates or more. Falls back to normal kernels if it fails.",
+    ),
 ]
 
 
@@ -88,7 +96,12 @@ def _clean(record: dict) -> dict:
 
 
 def _build_suite(
-    metrics: str, composite: str | None, lpips_net: str, weights: Path | None, device: str
+    metrics: str,
+    composite: str | None,
+    lpips_net: str,
+    weights: Path | None,
+    device: str,
+    compile: bool = False,
 ):
     from .metrics import MetricSuite, WeightsMissingError
 
@@ -100,6 +113,7 @@ def _build_suite(
             composite_weights=composite,
             lpips_net=lpips_net,
             weights_dir=weights,
+            compile=compile,
         )
     except WeightsMissingError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -119,7 +133,7 @@ def score(
             "(the extension may differ: ref/a.png pairs with out/a.webp)."
         ),
     ],
-    metrics: MetricsOpt = "lpips,ssim,ms_ssim,psnr",
+    metrics: MetricsOpt = "lpips,ssim,ms_ssim,psnr,ssimulacra2",
     composite: Annotated[
         str | None,
         typer.Option(
@@ -136,6 +150,7 @@ def score(
     lpips_net: Annotated[str, typer.Option(help="LPIPS backbone: alex, squeeze or vgg.")] = "alex",
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    compile: CompileOpt = False,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -177,7 +192,7 @@ def score(
     if reference.is_dir() != candidate.is_dir():
         err.print("[red]error:[/red] give two files or two folders, not one of each")
         raise typer.Exit(ExitCode.USAGE)
-    suite = _build_suite(metrics, composite, lpips_net, weights, device)
+    suite = _build_suite(metrics, composite, lpips_net, weights, device, compile)
     limit = max_pixels or DEFAULT_MAX_PIXELS
     if reference.is_dir():
         _score_dirs(reference, candidate, suite, tgt, limit, animated, as_json, csv)

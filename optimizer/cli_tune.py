@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli import DeviceOpt, WeightsOpt, _build_suite, _fmt, _json_default, app, err, out
+from .cli import CompileOpt, DeviceOpt, WeightsOpt, _build_suite, _fmt, _json_default, app, err, out
 from .outcome import EXIT_CODES_HELP, ExitCode
 
 
@@ -32,13 +32,17 @@ def tune(
     ],
     target: Annotated[
         str | None,
-        typer.Option(help="Quality target, e.g. 'ssim>=0.97,ssim_p5>=0.9' (overrides --quality)."),
+        typer.Option(
+            help="Quality target, e.g. 'ssimulacra2>=85' or 'ssim>=0.97,ssim_p5>=0.9' "
+            "(overrides --quality)."
+        ),
     ] = None,
     quality: Annotated[
         str,
         typer.Option(
-            help="Named target: low (ssim>=0.90), medium (ssim>=0.94,ssim_p5>=0.85), high "
-            "(ssim>=0.97,ssim_p5>=0.92), lossless-looking (ssim>=0.99,ssim_p5>=0.97)."
+            help="Named target on SSIMULACRA2's scale: low (ssimulacra2>=50), medium (>=70: "
+            "artifacts visible, not annoying), high (>=80: not noticeable side by side at 1:1), "
+            "lossless-looking (>=90)."
         ),
     ] = "high",
     aggregate: Annotated[
@@ -108,6 +112,7 @@ def tune(
     ] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    compile: CompileOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Find the smallest encoding recipe for a folder that still meets a quality target.
@@ -138,7 +143,7 @@ def tune(
     needed = {OUTPUTS[m].metric for m in tgt.metrics}
     if "composite" in needed:
         needed = (needed - {"composite"}) | {"lpips", "ssim", "psnr"}
-    suite = _build_suite(",".join(sorted(needed)), None, "alex", weights, device)
+    suite = _build_suite(",".join(sorted(needed)), None, "alex", weights, device, compile)
     sources, skipped = _load_folder(folder, suite.min_side)
     if not sources:
         err.print(f"[red]error:[/red] no usable image in {folder}")

@@ -42,6 +42,7 @@ def test_default_composite_is_the_seed_scheme(full_suite):
         "ssim_p5",
         "ms_ssim",
         "psnr",
+        "ssimulacra2",
         "composite",
     }
 

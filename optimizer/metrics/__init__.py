@@ -1,4 +1,5 @@
-"""Full-reference image quality metrics in torch: LPIPS, SSIM, MS-SSIM, PSNR and a composite.
+"""Full-reference image quality metrics in torch: LPIPS, SSIM, MS-SSIM, PSNR,
+SSIMULACRA2 and a composite.
 
 All take float tensors in [0, 1], NCHW, on one device. Heavy modules (torch) load on first use,
 so that `from optimizer.metrics import OUTPUTS` stays cheap.
@@ -31,6 +32,8 @@ _LAZY = {
     "ms_ssim": ".ssim",
     "PSNR": ".psnr",
     "psnr": ".psnr",
+    "SSIMULACRA2": ".ssimulacra2",
+    "ssimulacra2": ".ssimulacra2",
     "LPIPS": ".lpips_metric",
     "WeightsMissingError": ".lpips_metric",
     "load_lpips_network": ".lpips_metric",

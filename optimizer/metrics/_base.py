@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -14,6 +15,7 @@ __all__ = [
     "MetricOutput",
     "check_images",
     "check_pair",
+    "compiled",
     "percentile",
     "resolve_device",
 ]
@@ -74,6 +76,9 @@ class Metric(ABC):
     min_side: int = 1
     #: bumped when a change alters the numbers; part of every cache key
     version: str = "1"
+    #: sRGB backgrounds alpha is composited over before scoring (the lower score counts);
+    #: None: the suite's default, black and white
+    alpha_backgrounds: tuple[tuple[float, float, float], ...] | None = None
 
     def __init__(self, device: str | torch.device = "auto") -> None:
         self.device = resolve_device(device)
@@ -107,3 +112,29 @@ def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
         return v_lo
     v_hi = values.kthvalue(hi + 1, dim=1).values
     return v_lo + (pos - lo) * (v_hi - v_lo)
+
+
+def compiled(fn):
+    """`fn` through `torch.compile` (fused kernels; shapes dynamic, so one compilation serves
+    every image size). Compiling costs seconds once per process (less with the on-disk cache)
+    and needs a C++ compiler on the CPU; if it fails, a warning is printed and `fn` runs as is.
+    """
+    state: dict[str, Any] = {"fn": None}
+
+    def call(*args):
+        if state["fn"] is None:
+            state["fn"] = torch.compile(fn, dynamic=True)
+        try:
+            return state["fn"](*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, never fail
+            if state["fn"] is fn:
+                raise
+            warnings.warn(
+                f"torch.compile failed ({type(exc).__name__}: {exc}); using eager kernels",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            state["fn"] = fn
+            return fn(*args)
+
+    return call

@@ -44,6 +44,12 @@ OUTPUTS: dict[str, MetricOutput] = {
         _O("ms_ssim", True, "multi-scale SSIM (1 = identical)", "ms_ssim"),
         _O("psnr", True, "peak signal-to-noise ratio in dB (inf = identical)", "psnr"),
         _O(
+            "ssimulacra2",
+            True,
+            "SSIMULACRA 2.1: 100 identical, 90 visually lossless, 80 very high, 70 high, 50 medium",
+            "ssimulacra2",
+        ),
+        _O(
             "composite",
             True,
             "weighted sum of normalised metrics, 0..1 (1 = identical)",
@@ -52,10 +58,12 @@ OUTPUTS: dict[str, MetricOutput] = {
     )
 }
 #: metric classes by name, in the order reports show them
-METRICS: tuple[str, ...] = ("lpips", "ssim", "ms_ssim", "psnr")
+METRICS: tuple[str, ...] = ("lpips", "ssim", "ms_ssim", "psnr", "ssimulacra2")
 DEFAULT_METRICS: tuple[str, ...] = METRICS
 #: the seed material's composite: renormalised to sum 1 over the components present
 DEFAULT_COMPOSITE_WEIGHTS: dict[str, float] = {"lpips": 0.3, "ssim": 0.3, "psnr": 0.1}
+#: composite components (equal weights) when none of the seed's is enabled
+FALLBACK_COMPOSITE: tuple[str, ...] = ("ssimulacra2", "ms_ssim")
 #: composite -> quality level, highest first (the seed material's bands)
 COMPOSITE_LEVELS: tuple[tuple[float, str], ...] = (
     (0.9, "excellent"),
@@ -87,8 +95,14 @@ _NORMALISE = {
     "ms_ssim": lambda s: s,
     # inf dB (identical) / 50 clamps to 1 like any PSNR above 50 dB.
     "psnr": lambda p: _clamp01(p / 50.0),
+    "ssimulacra2": lambda s: _clamp01(s / 100.0),
 }
-_FORMULA = {"lpips": "(1 - lpips)", "lpips_p95": "(1 - lpips_p95)", "psnr": "min(psnr/50, 1)"}
+_FORMULA = {
+    "lpips": "(1 - lpips)",
+    "lpips_p95": "(1 - lpips_p95)",
+    "psnr": "min(psnr/50, 1)",
+    "ssimulacra2": "clamp(ssimulacra2/100, 0, 1)",
+}
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,14 @@ class CompositeSpec:
                 f"(weights {weights}, enabled {sorted(available or [])})"
             )
         return cls(tuple((n, w / total) for n, w in kept.items()))
+
+    @classmethod
+    def default(cls, available) -> CompositeSpec:
+        """The seed's weights over the enabled metrics; when none of its components is enabled
+        (e.g. `--metrics ssimulacra2`), equal weights over the enabled of ssimulacra2, ms_ssim."""
+        if any(n in available for n in DEFAULT_COMPOSITE_WEIGHTS):
+            return cls.from_mapping(DEFAULT_COMPOSITE_WEIGHTS, available=available)
+        return cls.from_mapping(dict.fromkeys(FALLBACK_COMPOSITE, 1.0), available=available)
 
     @classmethod
     def parse(cls, text: str, available=None) -> CompositeSpec:

@@ -39,7 +39,7 @@ BACKBONES = {
     "squeeze": ("SqueezeNet1_1_Weights", 17),
     "vgg": ("VGG16_Weights", 16),
 }
-WEIGHT_FREE = "ssim,ms_ssim,psnr"
+WEIGHT_FREE = "ssim,ms_ssim,psnr,ssimulacra2"
 
 
 class WeightsMissingError(RuntimeError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._base import Metric, percentile
+from ._base import Metric, compiled, percentile
 from .catalog import OUTPUTS
 
 __all__ = ["MSSSIM", "SSIM", "MS_SSIM_WEIGHTS", "ms_ssim", "ssim", "ms_ssim_levels"]
@@ -74,7 +74,22 @@ def _band_rows(n: int, c: int, w: int, band_bytes: int) -> int:
     return max(1, band_bytes // (16 * 4 * max(n, 1) * c * max(w, 1)))
 
 
-def _ssim_maps(x: torch.Tensor, ref: _Level, win: torch.Tensor, band_bytes: int):
+def _ssim_band(
+    xb: torch.Tensor, yb: torch.Tensor, mu_y: torch.Tensor, var_y: torch.Tensor, win: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM and contrast-structure maps of one band: candidate and reference rows `xb`, `yb`
+    (with the window's context), the reference's prepared mean and variance for the band."""
+    c = xb.shape[1]
+    stats = _blur(torch.cat([xb, xb * xb, xb * yb], dim=1), win)
+    mu_x, exx, exy = stats[:, :c], stats[:, c : 2 * c], stats[:, 2 * c :]
+    var_x = exx - mu_x * mu_x
+    cov = exy - mu_x * mu_y
+    cs = (2 * cov + C2) / (var_x + var_y + C2)
+    lum = (2 * mu_x * mu_y + C1) / (mu_x * mu_x + mu_y * mu_y + C1)
+    return lum * cs, cs
+
+
+def _ssim_maps(x: torch.Tensor, ref: _Level, win: torch.Tensor, band_bytes: int, band=_ssim_band):
     """Yield (ssim_band, cs_band) over horizontal bands of the valid map, top to bottom."""
     n, c, _, w = x.shape
     h_out = ref.mu.shape[2]
@@ -83,14 +98,7 @@ def _ssim_maps(x: torch.Tensor, ref: _Level, win: torch.Tensor, band_bytes: int)
         r1 = min(h_out, r0 + rows)
         xb = x[:, :, r0 : r1 + WIN_SIZE - 1]
         yb = ref.y[:, :, r0 : r1 + WIN_SIZE - 1]
-        stats = _blur(torch.cat([xb, xb * xb, xb * yb], dim=1), win)
-        mu_x, exx, exy = stats[:, :c], stats[:, c : 2 * c], stats[:, 2 * c :]
-        mu_y, var_y = ref.mu[:, :, r0:r1], ref.var[:, :, r0:r1]
-        var_x = exx - mu_x * mu_x
-        cov = exy - mu_x * mu_y
-        cs = (2 * cov + C2) / (var_x + var_y + C2)
-        lum = (2 * mu_x * mu_y + C1) / (mu_x * mu_x + mu_y * mu_y + C1)
-        yield lum * cs, cs
+        yield band(xb, yb, ref.mu[:, :, r0:r1], ref.var[:, :, r0:r1], win)
 
 
 def ms_ssim_levels(height: int, width: int) -> int:
@@ -118,9 +126,12 @@ class SSIM(Metric):
     outputs = (OUTPUTS["ssim"], OUTPUTS["ssim_p5"])
     min_side = WIN_SIZE
 
-    def __init__(self, device="auto", *, band_bytes: int = BAND_BYTES) -> None:
+    def __init__(
+        self, device="auto", *, band_bytes: int = BAND_BYTES, compile: bool = False
+    ) -> None:
         super().__init__(device)
         self.band_bytes = band_bytes
+        self._band = compiled(_ssim_band) if compile else _ssim_band
 
     def prepare(self, reference: torch.Tensor) -> _Level:
         return _prepare_level(
@@ -131,7 +142,7 @@ class SSIM(Metric):
         win = _window(candidates.device, candidates.dtype)
         bands = [
             s.mean(dim=1, keepdim=True)
-            for s, _ in _ssim_maps(candidates, prepared, win, self.band_bytes)
+            for s, _ in _ssim_maps(candidates, prepared, win, self.band_bytes, self._band)
         ]
         smap = torch.cat(bands, dim=2)  # (N, 1, h, w), channel-averaged
         h, w = smap.shape[2:]
@@ -150,9 +161,12 @@ class MSSSIM(Metric):
     outputs = (OUTPUTS["ms_ssim"],)
     min_side = WIN_SIZE
 
-    def __init__(self, device="auto", *, band_bytes: int = BAND_BYTES) -> None:
+    def __init__(
+        self, device="auto", *, band_bytes: int = BAND_BYTES, compile: bool = False
+    ) -> None:
         super().__init__(device)
         self.band_bytes = band_bytes
+        self._band = compiled(_ssim_band) if compile else _ssim_band
 
     def prepare(self, reference: torch.Tensor) -> list[_Level]:
         win = _window(reference.device, reference.dtype)
@@ -175,7 +189,7 @@ class MSSSIM(Metric):
         for i, ref in enumerate(prepared):
             sums_s = sums_c = 0
             count = ref.mu.shape[2] * ref.mu.shape[3]
-            for s, cs in _ssim_maps(x, ref, win, self.band_bytes):
+            for s, cs in _ssim_maps(x, ref, win, self.band_bytes, self._band):
                 sums_s = sums_s + s.sum(dim=(2, 3))
                 sums_c = sums_c + cs.sum(dim=(2, 3))
             if i < levels - 1:

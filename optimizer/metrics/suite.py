@@ -1,8 +1,9 @@
 """A set of metrics scored together: 8-bit arrays in, typed `Scores` out.
 
 The suite owns what is common to every metric: numpy -> [0, 1] NCHW tensors on one device,
-alpha (composited over black and over white, the worse value of each metric counts), grey vs
-colour, batching under a pixel budget, and the composite with its quality level.
+alpha (composited over black and over white, or over the backgrounds a metric names, the
+worse value of each metric counts), grey vs colour, batching under a pixel budget, and the
+composite with its quality level.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 
 from ._base import Metric, resolve_device
 from .catalog import (
-    DEFAULT_COMPOSITE_WEIGHTS,
     DEFAULT_METRICS,
     METRICS,
     OUTPUTS,
@@ -28,7 +28,8 @@ from .catalog import (
 
 __all__ = ["MetricSuite", "PreparedReference", "Scores", "build_metric"]
 
-#: backgrounds alpha images are judged over (black and white: the worse counts)
+#: backgrounds alpha images are judged over (black and white: the worse counts), unless a
+#: metric names its own (`Metric.alpha_backgrounds`)
 ALPHA_BACKGROUNDS: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
@@ -73,20 +74,26 @@ def build_metric(
     lpips_net: str = "alex",
     weights_dir: str | Path | None = None,
     allow_download: bool = True,
+    compile: bool = False,
 ) -> Metric:
-    """Create a metric by name; an unknown name lists the known ones."""
+    """Create a metric by name; an unknown name lists the known ones. `compile` fuses the
+    kernels of the metrics that gain from it (SSIM, MS-SSIM, SSIMULACRA2) with torch.compile."""
     if name == "ssim":
         from .ssim import SSIM
 
-        return SSIM(device)
+        return SSIM(device, compile=compile)
     if name == "ms_ssim":
         from .ssim import MSSSIM
 
-        return MSSSIM(device)
+        return MSSSIM(device, compile=compile)
     if name == "psnr":
         from .psnr import PSNR
 
         return PSNR(device)
+    if name == "ssimulacra2":
+        from .ssimulacra2 import SSIMULACRA2
+
+        return SSIMULACRA2(device, compile=compile)
     if name == "lpips":
         from .lpips_metric import LPIPS
 
@@ -130,9 +137,7 @@ class MetricSuite:
         self.device = resolve_device(device)
         self.metrics = list(metrics)
         provided = [o.name for m in self.metrics for o in m.outputs]
-        self.composite = composite or CompositeSpec.from_mapping(
-            DEFAULT_COMPOSITE_WEIGHTS, available=provided
-        )
+        self.composite = composite or CompositeSpec.default(provided)
         missing = [n for n, _ in self.composite.weights if n not in provided]
         if missing:
             raise ValueError(f"composite uses {', '.join(missing)}, which no enabled metric gives")
@@ -153,6 +158,7 @@ class MetricSuite:
         lpips_net: str = "alex",
         weights_dir: str | Path | None = None,
         allow_download: bool = True,
+        compile: bool = False,
     ) -> MetricSuite:
         """Build from metric names (LPIPS weights are located first, before any work)."""
         names = list(dict.fromkeys(names))
@@ -167,12 +173,13 @@ class MetricSuite:
                 lpips_net=lpips_net,
                 weights_dir=weights_dir,
                 allow_download=allow_download,
+                compile=compile,
             )
             for n in names
         ]
         provided = [o.name for m in metrics for o in m.outputs]
         if composite_weights is None:
-            spec = CompositeSpec.from_mapping(DEFAULT_COMPOSITE_WEIGHTS, available=provided)
+            spec = CompositeSpec.default(provided)
         elif isinstance(composite_weights, str):
             spec = CompositeSpec.parse(composite_weights)
         else:
@@ -191,6 +198,11 @@ class MetricSuite:
                     "name": m.name,
                     "version": m.version,
                     **({"net": m.net_name} if hasattr(m, "net_name") else {}),
+                    **(
+                        {"alpha_backgrounds": [list(b) for b in m.alpha_backgrounds]}
+                        if m.alpha_backgrounds
+                        else {}
+                    ),
                 }
                 for m in self.metrics
             ],
@@ -204,18 +216,32 @@ class MetricSuite:
         """Prepare a uint8 H x W x C reference once; alpha is judged over black and white, or
         over `background` (0..255 RGB) alone when the output will be flattened onto it."""
         ref = _to_tensor(reference, self.device)
-        if ref.shape[1] in (2, 4):
-            bgs = (
-                (tuple(c / 255.0 for c in background),)
-                if background is not None
-                else ALPHA_BACKGROUNDS
-            )
-        else:
-            bgs = None
-        tensors = [_flatten_alpha(ref, bg) for bg in (bgs or (None,))]
+        users = self._background_users(ref.shape[1], background)
+        bgs = tuple(users) if ref.shape[1] in (2, 4) else None
+        tensors = [_flatten_alpha(ref, bg) for bg in users]
         with torch.no_grad():
-            per_bg = [{m.name: m.prepare(t) for m in self.metrics} for t in tensors]
+            per_bg = [
+                {m.name: m.prepare(t) for m in self.metrics if m.name in names}
+                for t, names in zip(tensors, users.values(), strict=True)
+            ]
         return PreparedReference(tuple(reference.shape), bgs, per_bg, tensors)
+
+    def _background_users(
+        self, channels: int, background: tuple[int, int, int] | None
+    ) -> dict[tuple[float, float, float] | None, set[str]]:
+        """Background -> the metrics judged over it. Without alpha: one entry, None. With alpha:
+        `background` alone for every metric when the output will be flattened onto it; else each
+        metric's own `alpha_backgrounds` (SSIMULACRA2: the reference's greys) or black and white.
+        """
+        if channels not in (2, 4):
+            return {None: {m.name for m in self.metrics}}
+        if background is not None:
+            return {tuple(c / 255.0 for c in background): {m.name for m in self.metrics}}
+        users: dict[tuple[float, float, float] | None, set[str]] = {}
+        for m in self.metrics:
+            for bg in m.alpha_backgrounds or ALPHA_BACKGROUNDS:
+                users.setdefault(bg, set()).add(m.name)
+        return users
 
     def _colour_version(self, prepared: PreparedReference) -> PreparedReference:
         # A grey reference scored against a colour candidate: compare in RGB (grey repeated).
@@ -259,6 +285,8 @@ class MetricSuite:
                 if xb.shape[1] == 1 and prepared.tensors[0].shape[1] == 3:
                     xb = xb.expand(-1, 3, -1, -1)
                 for m in self.metrics:
+                    if m.name not in state:  # this metric is not judged over this background
+                        continue
                     for name, value in m.score(xb, state[m.name]).items():
                         better = OUTPUTS[name].higher_is_better
                         if name not in worst:

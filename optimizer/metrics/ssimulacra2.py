@@ -1,0 +1,280 @@
+"""SSIMULACRA 2.1 in torch, matching Cloudinary's reference C++ implementation.
+
+Reference: cloudinary/ssimulacra2 `src/ssimulacra2.cc` (= libjxl `tools/ssimulacra2.cc`,
+version 2.1, BSD-3); the algorithm, constants and weights as stated in
+`../shared/notes/ssimulacra2.md`. Scale: 100 = identical, 90 visually lossless, 80 very high,
+70 high, 50 medium, 30 low, negative = extremely low.
+
+Per scale (at most six, 2x box downsampling of linear RGB, stop below 8 px) and per XYB channel:
+an SSIM-like error map and two edge-difference maps (ringing/blocking "artifact", blur "detail
+lost"), each pooled by its mean and its 4-norm: 108 values, weighted, then mapped to 0..100.
+
+The reference's recursive Gaussian (sigma 1.5) equals a 9-tap separable filter with zero
+padding, so a convolution reproduces it. `prepare` keeps the reference's per-scale XYB planes,
+local means and variances and edge denominators; scoring computes only the candidate's side.
+Statistics are computed in horizontal bands so memory stays bounded whatever the image size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ._base import Metric, compiled
+from .catalog import OUTPUTS
+
+__all__ = ["SSIMULACRA2", "WEIGHTS", "ssimulacra2"]
+
+SCALES = 6
+MIN_SIDE = 8
+C2 = 0.0009
+#: the reference's recursive Gaussian (sigma 1.5) as its exact 9-tap kernel
+KERNEL = (
+    0.009414367809654,
+    0.03601111465836,
+    0.1093353727775,
+    0.2129285920104,
+    0.2646211054882,
+    0.2129285920104,
+    0.1093353727775,
+    0.03601111465836,
+    0.009414367809654,
+)
+RADIUS = len(KERNEL) // 2
+XYB_BIAS = 0.0037930732552754493
+XYB_MATRIX = (
+    (0.30, 0.622, 0.078),
+    (0.23, 0.692, 0.078),
+    (0.24342268924547819, 0.20476744424496821, 0.5518098665095536),
+)
+#: SSIMULACRA 2.1's weights, ordered: channel (X, Y, B), scale, norm (1, 4), map (ssim,
+#: artifact, detail lost). Fewer scales use a prefix (one running counter, as the reference).
+WEIGHTS = (
+    0.0, 0.0007376606707406586, 0.0, 0.0, 0.0007793481682867309, 0.0,
+    0.0, 0.0004371155730107379, 0.0, 1.1041726426657346, 0.00066284834129271,
+    0.00015231632783718752,
+    0.0, 0.0016406437456599754, 0.0, 1.8422455520539298, 11.441172603757666, 0.0,
+    0.0007989109436015163, 0.000176816438078653, 0.0, 1.8787594979546387, 10.94906990605142, 0.0,
+    0.0007289346991508072, 0.9677937080626833, 0.0, 0.00014003424285435884, 0.9981766977854967,
+    0.00031949755934435053,
+    0.0004550992113792063, 0.0, 0.0, 0.0013648766163243398, 0.0, 0.0,
+    0.0, 0.0, 0.0, 7.466890328078848, 0.0, 17.445833984131262,
+    0.0006235601634041466, 0.0, 0.0, 6.683678146179332, 0.00037724407979611296, 1.027889937768264,
+    225.20515300849274, 0.0, 0.0, 19.213238186143016, 0.0011401524586618361, 0.001237755635509985,
+    176.39317598450694, 0.0, 0.0, 24.43300999870476, 0.28520802612117757, 0.0004485436923833408,
+    0.0, 0.0, 0.0, 34.77906344483772, 44.835625328877896, 0.0,
+    0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    0.0, 0.0008680556573291698, 0.0, 0.0, 0.0, 0.0,
+    0.0, 0.0005313191874358747, 0.0, 0.00016533814161379112, 0.0, 0.0,
+    0.0, 0.0, 0.0, 0.0004179171803251336, 0.0017290828234722833, 0.0,
+    0.0020827005846636437, 0.0, 0.0, 8.826982764996862, 23.19243343998926, 0.0,
+    95.1080498811086, 0.9863978034400682, 0.9834382792465353, 0.0012286405048278493,
+    171.2667255897307, 0.9807858872435379,
+    0.0, 0.0, 0.0, 0.0005130064588990679, 0.0, 0.00010854057858411537,
+)  # fmt: skip
+BAND_BYTES = 256 * 2**20
+#: backgrounds (sRGB-encoded grey) the reference tool composites alpha over; the lower score counts
+ALPHA_BACKGROUNDS = ((0.1, 0.1, 0.1), (0.9, 0.9, 0.9))
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055).clamp_min(0) ** 2.4)
+
+
+def linear_to_xyb(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) linear RGB -> the reference's positive XYB (X' = 14X + .42, Y' = Y + .01,
+    B' = B - Y + .55)."""
+    m = torch.tensor(XYB_MATRIX, dtype=rgb.dtype, device=rgb.device)
+    mixed = torch.einsum("ij,njhw->nihw", m, rgb) + XYB_BIAS
+    cb = torch.tensor(XYB_BIAS, dtype=torch.float64).pow(1 / 3).item()
+    # mixed >= the bias for non-negative input, so the cube root's gradient stays finite
+    g = mixed.clamp_min(0).pow(1 / 3) - cb
+    x = 0.5 * (g[:, 0] - g[:, 1])
+    y = 0.5 * (g[:, 0] + g[:, 1])
+    b = g[:, 2]
+    return torch.stack([14.0 * x + 0.42, y + 0.01, b - y + 0.55], dim=1)
+
+
+def downsample(rgb: torch.Tensor) -> torch.Tensor:
+    """2x2 box average; an odd last row/column is replicated (output ceil(h/2) x ceil(w/2))."""
+    h, w = rgb.shape[2:]
+    if h % 2 or w % 2:
+        rgb = F.pad(rgb, (0, w % 2, 0, h % 2), mode="replicate")
+    return F.avg_pool2d(rgb, 2)
+
+
+def _kernel(device, dtype) -> torch.Tensor:
+    return torch.tensor(KERNEL, dtype=dtype, device=device)
+
+
+def _halo(h: int, r0: int, r1: int) -> tuple[int, int]:
+    """The input rows output rows r0:r1 of the blur read: RADIUS each side, within the image."""
+    return max(0, r0 - RADIUS), min(h, r1 + RADIUS)
+
+
+def _blur_band(band: torch.Tensor, k: torch.Tensor, top: int, bottom: int) -> torch.Tensor:
+    """Zero-padded separable blur of a band of rows (N, C, rows, W) that carries `top` and
+    `bottom` rows of context; missing context (past the image's edge) is zeros, as the
+    reference's blur sees it. Returns only the band's own rows."""
+    c = band.shape[1]
+    band = F.conv2d(band, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, RADIUS), groups=c)
+    band = F.pad(band, (0, 0, RADIUS - top, RADIUS - bottom))
+    return F.conv2d(band, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _band_rows(n: int, w: int, band_bytes: int) -> int:
+    # ~30 float planes per candidate pixel live at once inside a band.
+    return max(1, band_bytes // (30 * 4 * max(n, 1) * max(w, 1)))
+
+
+def _band_sums(
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    mu1: torch.Tensor,
+    var1: torch.Tensor,
+    edge1: torch.Tensor,
+    k: torch.Tensor,
+    top: int,
+    bottom: int,
+) -> torch.Tensor:
+    """One band of one scale: candidate rows `xb` and reference rows `yb` (with `top`/`bottom`
+    rows of blur context), the reference's prepared statistics for the band's own rows.
+    Returns (N, 3, 6) sums: [ssim, artifact, detail lost] then the same to the 4th power."""
+    stats = _blur_band(torch.cat([xb, xb * xb, xb * yb], dim=1), k, top, bottom)
+    mu2, s22, s12 = stats[:, :3], stats[:, 3:6], stats[:, 6:]
+    num = (1 - (mu1 - mu2) ** 2) * (2 * (s12 - mu1 * mu2) + C2)
+    den = var1 + (s22 - mu2 * mu2) + C2
+    d = (1 - num / den).clamp_min(0)
+    own = xb[:, :, top : xb.shape[2] - bottom]
+    e = (1 + (own - mu2).abs()) / edge1 - 1
+    art, det = e.clamp_min(0), (-e).clamp_min(0)
+    out = []
+    for p in (1, 4):
+        for m in (d, art, det):
+            v = m if p == 1 else (m * m) * (m * m)
+            out.append(v.sum(dim=(2, 3)))
+    return torch.stack(out, dim=2)
+
+
+@dataclass
+class _Scale:
+    xyb: torch.Tensor  # (1, 3, h, w) reference in positive XYB
+    mu: torch.Tensor  # its blur
+    var: torch.Tensor  # blur(ref^2) - mu^2
+    edge: torch.Tensor  # 1 + |ref - mu|
+
+
+@dataclass
+class _Prepared:
+    size: tuple[int, int]
+    scales: list[_Scale]
+
+
+def scale_count(height: int, width: int) -> int:
+    """Scales the reference computes. Like the reference, the size test comes *before* each
+    downsampling: a scale is computed when the previous one was at least 8 px a side, so the
+    last scale may be smaller than 8 (a 192 px image gets six, the last at 6 px)."""
+    n = 0
+    while n < SCALES and height >= MIN_SIDE and width >= MIN_SIDE:
+        n += 1
+        if n > 1:
+            height, width = (height + 1) // 2, (width + 1) // 2
+    return n
+
+
+class SSIMULACRA2(Metric):
+    """SSIMULACRA 2.1 score, 100 = identical (higher is better). Grey inputs are scored as RGB
+    with equal channels, as the reference reads them. Alpha: the suite composites over the
+    reference tool's grey backgrounds 0.1 and 0.9 (`alpha_backgrounds`); the lower score counts.
+    """
+
+    name = "ssimulacra2"
+    outputs = (OUTPUTS["ssimulacra2"],)
+    min_side = MIN_SIDE
+    alpha_backgrounds = ALPHA_BACKGROUNDS
+
+    def __init__(
+        self, device="auto", *, band_bytes: int = BAND_BYTES, compile: bool = False
+    ) -> None:
+        super().__init__(device)
+        self.band_bytes = band_bytes
+        self._band_sums = compiled(_band_sums) if compile else _band_sums
+
+    @staticmethod
+    def _rgb(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    def prepare(self, reference: torch.Tensor) -> _Prepared:
+        lin = srgb_to_linear(self._rgb(reference))
+        k = _kernel(lin.device, lin.dtype)
+        h, w = lin.shape[2:]
+        if not scale_count(h, w):
+            raise ValueError(f"SSIMULACRA2 needs at least 8x8 pixels, got {w}x{h}")
+        scales = []
+        for s in range(scale_count(h, w)):
+            if s:
+                lin = downsample(lin)
+            xyb = linear_to_xyb(lin)
+            mu = torch.empty_like(xyb)
+            var = torch.empty_like(xyb)
+            rows = _band_rows(1, xyb.shape[3], self.band_bytes)
+            for r0 in range(0, xyb.shape[2], rows):
+                r1 = min(xyb.shape[2], r0 + rows)
+                a, b = _halo(xyb.shape[2], r0, r1)
+                yb = xyb[:, :, a:b]
+                both = _blur_band(torch.cat([yb, yb * yb], dim=1), k, r0 - a, b - r1)
+                mu[:, :, r0:r1] = both[:, :3]
+                var[:, :, r0:r1] = both[:, 3:] - both[:, :3] ** 2
+            scales.append(_Scale(xyb=xyb, mu=mu, var=var, edge=1 + (xyb - mu).abs()))
+        return _Prepared(size=(h, w), scales=scales)
+
+    def _scale_values(self, xyb: torch.Tensor, ref: _Scale, k: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 6): per channel [ssim, artifact, detail lost] 1-norms then the same 4-norms."""
+        n, _, h, w = xyb.shape
+        sums = xyb.new_zeros(n, 3, 6, dtype=torch.float64)
+        rows = _band_rows(n, w, self.band_bytes)
+        band_sums = self._band_sums
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            a, b = _halo(h, r0, r1)
+            part = band_sums(
+                xyb[:, :, a:b],
+                ref.xyb[:, :, a:b],
+                ref.mu[:, :, r0:r1],
+                ref.var[:, :, r0:r1],
+                ref.edge[:, :, r0:r1],
+                k,
+                r0 - a,
+                b - r1,
+            )
+            sums = sums + part.double()
+        mean = sums / (h * w)
+        return torch.cat([mean[:, :, :3], mean[:, :, 3:].pow(0.25)], dim=2)
+
+    def score(self, candidates: torch.Tensor, prepared: _Prepared) -> dict[str, torch.Tensor]:
+        lin = srgb_to_linear(self._rgb(candidates))
+        k = _kernel(lin.device, lin.dtype)
+        per_scale = []
+        for s, ref in enumerate(prepared.scales):
+            if s:
+                lin = downsample(lin)
+            per_scale.append(self._scale_values(linear_to_xyb(lin), ref, k))
+        # (N, S, 3, 6) -> channel-major, then scale, then norm/map: the reference's order.
+        values = torch.stack(per_scale, dim=1).transpose(1, 2).flatten(1)
+        weights = torch.tensor(WEIGHTS[: values.shape[1]], dtype=torch.float64, device=lin.device)
+        raw = (values.abs() * weights).sum(dim=1)
+        return {"ssimulacra2": _to_scale(raw).to(candidates.dtype)}
+
+
+def _to_scale(s: torch.Tensor) -> torch.Tensor:
+    s = s * 0.9562382616834844
+    s = 2.326765642916932 * s - 0.020884521182843837 * s * s + 6.248496625763138e-05 * s**3
+    mapped = 100.0 - 10.0 * s.clamp_min(1e-30).pow(0.6276336467831387)
+    return torch.where(s > 0, mapped, torch.full_like(s, 100.0))
+
+
+def ssimulacra2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIMULACRA 2.1 of each candidate in `x` (N, C, H, W) against `y`, inputs in [0, 1]."""
+    return SSIMULACRA2(x.device)(x, y)["ssimulacra2"]
