@@ -106,7 +106,9 @@ def test_small_images_use_fewer_scales_with_renormalised_weights(h, w, levels):
     dist = noise(ref, 12)
     x, y = to_tensor(dist), to_tensor(ref)
     expected = _msssim_from_pytorch_msssim_parts(x, y, levels)
-    assert abs(ms_ssim(x, y).item() - expected.item()) < 1e-5
+    # float32 blurs summed in another order (banded matrix products vs conv2d): up to 1e-5 on
+    # the one-row map of 11x30; a wrong scale count or weight is off by 1e-2 or more.
+    assert abs(ms_ssim(x, y).item() - expected.item()) < 3e-5
 
 
 def test_five_scales_from_161():

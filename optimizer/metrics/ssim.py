@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ._base import Metric, compiled, percentile
+from ._blur import blur
 from .catalog import OUTPUTS
 
 __all__ = ["MSSSIM", "SSIM", "MS_SSIM_WEIGHTS", "ms_ssim", "ssim", "ms_ssim_levels"]
@@ -42,9 +43,7 @@ def _window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 def _blur(x: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian, 'valid' region only (as skimage's cropped map and pytorch-msssim)."""
-    k = x.shape[1]
-    x = F.conv2d(x, win.view(1, 1, 1, -1).expand(k, 1, 1, WIN_SIZE), groups=k)
-    return F.conv2d(x, win.view(1, 1, -1, 1).expand(k, 1, WIN_SIZE, 1), groups=k)
+    return blur(x, win)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ._base import Metric, compiled
+from ._blur import blur
 from .catalog import OUTPUTS
 
 __all__ = ["SSIMULACRA2", "WEIGHTS", "ssimulacra2"]
@@ -86,15 +87,17 @@ def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
 def linear_to_xyb(rgb: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) linear RGB -> the reference's positive XYB (X' = 14X + .42, Y' = Y + .01,
     B' = B - Y + .55)."""
-    m = torch.tensor(XYB_MATRIX, dtype=rgb.dtype, device=rgb.device)
-    mixed = torch.einsum("ij,njhw->nihw", m, rgb) + XYB_BIAS
+    r, g, b = rgb[:, 0:1], rgb[:, 1:2], rgb[:, 2:3]
+    # Elementwise, not a matrix product: a product's rounding depends on where a pixel falls in
+    # BLAS's tiles (so on the batch), and a candidate equal to the reference must convert to
+    # the same bits.
+    mixed = torch.cat([m0 * r + m1 * g + m2 * b for m0, m1, m2 in XYB_MATRIX], dim=1) + XYB_BIAS
     cb = torch.tensor(XYB_BIAS, dtype=torch.float64).pow(1 / 3).item()
     # mixed >= the bias for non-negative input, so the cube root's gradient stays finite
-    g = mixed.clamp_min(0).pow(1 / 3) - cb
-    x = 0.5 * (g[:, 0] - g[:, 1])
-    y = 0.5 * (g[:, 0] + g[:, 1])
-    b = g[:, 2]
-    return torch.stack([14.0 * x + 0.42, y + 0.01, b - y + 0.55], dim=1)
+    c = mixed.clamp_min(0).pow(1 / 3) - cb
+    x = 0.5 * (c[:, 0] - c[:, 1])
+    y = 0.5 * (c[:, 0] + c[:, 1])
+    return torch.stack([14.0 * x + 0.42, y + 0.01, c[:, 2] - y + 0.55], dim=1)
 
 
 def downsample(rgb: torch.Tensor) -> torch.Tensor:
@@ -118,10 +121,7 @@ def _blur_band(band: torch.Tensor, k: torch.Tensor, top: int, bottom: int) -> to
     """Zero-padded separable blur of a band of rows (N, C, rows, W) that carries `top` and
     `bottom` rows of context; missing context (past the image's edge) is zeros, as the
     reference's blur sees it. Returns only the band's own rows."""
-    c = band.shape[1]
-    band = F.conv2d(band, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, RADIUS), groups=c)
-    band = F.pad(band, (0, 0, RADIUS - top, RADIUS - bottom))
-    return F.conv2d(band, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return blur(band, k, (RADIUS, RADIUS, RADIUS - top, RADIUS - bottom), exact=True)
 
 
 def _band_rows(n: int, w: int, band_bytes: int) -> int:
@@ -144,10 +144,12 @@ def _band_sums(
     Returns (N, 3, 6) sums: [ssim, artifact, detail lost] then the same to the 4th power."""
     stats = _blur_band(torch.cat([xb, xb * xb, xb * yb], dim=1), k, top, bottom)
     mu2, s22, s12 = stats[:, :3], stats[:, 3:6], stats[:, 6:]
+    own = xb[:, :, top : xb.shape[2] - bottom]
+    if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and xb.requires_grad):
+        return _band_sums_inplace(mu2, s22, s12, own, mu1, var1, edge1)
     num = (1 - (mu1 - mu2) ** 2) * (2 * (s12 - mu1 * mu2) + C2)
     den = var1 + (s22 - mu2 * mu2) + C2
     d = (1 - num / den).clamp_min(0)
-    own = xb[:, :, top : xb.shape[2] - bottom]
     e = (1 + (own - mu2).abs()) / edge1 - 1
     art, det = e.clamp_min(0), (-e).clamp_min(0)
     out = []
@@ -156,6 +158,30 @@ def _band_sums(
             v = m if p == 1 else (m * m) * (m * m)
             out.append(v.sum(dim=(2, 3)))
     return torch.stack(out, dim=2)
+
+
+def _band_sums_inplace(mu2, s22, s12, own, mu1, var1, edge1) -> torch.Tensor:
+    """`_band_sums` without autograd: the same arithmetic in place in the blurs' outputs, and
+    4th-power sums as dot products, so no full-size temporary is allocated per operation
+    (~15% faster on the CPU, measured; equal numbers, tested)."""
+    # Products rounded on their own (no fused multiply-add), exactly as `prepare` computes the
+    # reference's variance: identical images then give d = 0 exactly, which the 4-norm needs
+    # (a 1e-7 residue there is worth 0.2 points).
+    tmp = torch.mul(mu2, mu2)
+    den = s22.sub_(tmp).add_(var1).add_(C2)
+    cs = s12.sub_(torch.mul(mu1, mu2, out=tmp)).mul_(2).add_(C2)
+    d = torch.sub(mu1, mu2).square_().neg_().add_(1).mul_(cs).div_(den).neg_().add_(1)
+    d = d.clamp_min_(0)
+    e = mu2.neg_().add_(own).abs_().add_(1).div_(edge1).sub_(1)
+    art = e.clamp_min(0)
+    det = e.neg_().clamp_min_(0)
+    maps = (d, art, det)
+    s1 = [m.sum(dim=(2, 3)) for m in maps]
+    s4 = []
+    for m in maps:
+        sq = m.square_().flatten(2)
+        s4.append(torch.linalg.vecdot(sq, sq))
+    return torch.stack(s1 + s4, dim=2)
 
 
 @dataclass
@@ -204,7 +230,9 @@ class SSIMULACRA2(Metric):
 
     @staticmethod
     def _rgb(x: torch.Tensor) -> torch.Tensor:
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        # Contiguous NCHW, whatever layout came in: elementwise kernels round by memory order
+        # (vector body vs scalar tail), and reference and candidate must be processed alike.
+        return (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).contiguous()
 
     def prepare(self, reference: torch.Tensor) -> _Prepared:
         lin = srgb_to_linear(self._rgb(reference))
@@ -224,9 +252,14 @@ class SSIMULACRA2(Metric):
                 r1 = min(xyb.shape[2], r0 + rows)
                 a, b = _halo(xyb.shape[2], r0, r1)
                 yb = xyb[:, :, a:b]
-                both = _blur_band(torch.cat([yb, yb * yb], dim=1), k, r0 - a, b - r1)
-                mu[:, :, r0:r1] = both[:, :3]
-                var[:, :, r0:r1] = both[:, 3:] - both[:, :3] ** 2
+                # The candidate's call shape (x, x^2, x*y): with an exact blur, identical
+                # images then give s12 == s22 == s11 bit for bit, so d = 0 exactly (the 4-norm
+                # and the final mapping turn a 1e-7 residue into 0.1 point).
+                sq = yb * yb
+                stats = _blur_band(torch.cat([yb, sq, sq], dim=1), k, r0 - a, b - r1)
+                m = stats[:, :3]
+                mu[:, :, r0:r1] = m
+                var[:, :, r0:r1] = stats[:, 3:6] - m * m
             scales.append(_Scale(xyb=xyb, mu=mu, var=var, edge=1 + (xyb - mu).abs()))
         return _Prepared(size=(h, w), scales=scales)
 
@@ -254,6 +287,13 @@ class SSIMULACRA2(Metric):
         return torch.cat([mean[:, :, :3], mean[:, :, 3:].pow(0.25)], dim=2)
 
     def score(self, candidates: torch.Tensor, prepared: _Prepared) -> dict[str, torch.Tensor]:
+        if candidates.device.type == "cpu" and candidates.shape[0] > 1:
+            # One at a time on the CPU: vectorised pow (sRGB decoding, cube roots) rounds an
+            # element differently from the scalar loop that finishes a tensor, so a candidate
+            # equal to the reference converts to the same bits only in a tensor of the same
+            # shape. (Batches do not pay on the CPU anyway; on CUDA every element runs alike.)
+            parts = [self.score(c, prepared)["ssimulacra2"] for c in candidates.split(1)]
+            return {"ssimulacra2": torch.cat(parts)}
         lin = srgb_to_linear(self._rgb(candidates))
         k = _kernel(lin.device, lin.dtype)
         per_scale = []
