@@ -95,6 +95,19 @@ def _clean(record: dict) -> dict:
     return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in record.items()}
 
 
+def _with_target_metrics(names: list[str], outputs) -> list[str]:
+    """Metric names plus the metrics that produce the target's outputs (composite: its
+    components come from the enabled metrics)."""
+    from .metrics import OUTPUTS
+
+    out = [n.strip() for n in names if n.strip()]
+    for o in outputs:
+        metric = OUTPUTS[o].metric
+        if metric != "composite" and metric not in out:
+            out.append(metric)
+    return out
+
+
 def _build_suite(
     metrics: str,
     composite: str | None,
@@ -192,6 +205,10 @@ def score(
     if reference.is_dir() != candidate.is_dir():
         err.print("[red]error:[/red] give two files or two folders, not one of each")
         raise typer.Exit(ExitCode.USAGE)
+    # A target is judged on what it names: its metrics are scored even if --metrics left
+    # them out (a clause on an unscored metric would otherwise read as missed).
+    if tgt is not None:
+        metrics = ",".join(_with_target_metrics(metrics.split(","), tgt.metrics))
     suite = _build_suite(metrics, composite, lpips_net, weights, device, compile)
     limit = max_pixels or DEFAULT_MAX_PIXELS
     if reference.is_dir():

@@ -215,3 +215,22 @@ def test_python_m_entry_point():
         [sys.executable, "-m", "optimizer", "--version"], capture_output=True, text=True, check=True
     )
     assert res.stdout.startswith("imgtune ")
+
+
+def test_ssimulacra2_in_score_json_composite_and_target(folders):
+    ref, out = folders
+    pair = [str(ref / "coffee.png"), str(out / "coffee.webp")]
+    r = runner.invoke(
+        app, ["score", *pair, "--metrics", "ssimulacra2", "--device", "cpu", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)
+    assert 50 < rec["ssimulacra2"] < 100
+    assert rec["composite"] == pytest.approx(rec["ssimulacra2"] / 100, abs=1e-9)
+    # A target on a metric --metrics left out is still judged on a measured value.
+    common = ["score", *pair, "--metrics", "ssim", "--device", "cpu", "--json", "--target"]
+    met = runner.invoke(app, [*common, f"ssimulacra2>={rec['ssimulacra2'] - 1:.2f}"])
+    assert met.exit_code == 0, met.output
+    assert json.loads(met.stdout)["ssimulacra2"] == pytest.approx(rec["ssimulacra2"], abs=1e-4)
+    missed = runner.invoke(app, [*common, f"ssimulacra2>={rec['ssimulacra2'] + 1:.2f}"])
+    assert missed.exit_code == ExitCode.TARGET_MISSED
