@@ -383,7 +383,7 @@ def _score_dirs(reference, candidate, suite, tgt, limit, animated, as_json, csv)
 
 
 # Commands in their own modules register themselves on `app` when imported.
-from . import cli_tune  # noqa: E402, F401
+from . import cli_batch, cli_tune  # noqa: E402, F401
 
 
 def main() -> None:

@@ -170,10 +170,13 @@ class ImageSet:
         max_height: int | None = None,
         background: tuple[int, int, int] | None = None,
         cache_path: str | Path | None = None,
+        keep_encoded: bool = False,
     ):
         """`cache_path`: an SQLite file that keeps encode sizes and scores across runs, keyed by
         (image hash, output size, background, recipe, metric spec), so a resumed or re-targeted
-        run pays nothing for a recipe it has scored before."""
+        run pays nothing for a recipe it has scored before. `keep_encoded`: keep every encode's
+        bytes in memory (`encoded`), so the chosen one is written without encoding it again (for
+        one-image sets searched per image)."""
         if not sources:
             raise ValueError("an image set needs at least one image")
         self.suite = suite
@@ -195,6 +198,7 @@ class ImageSet:
         self.resized = any(it.size != (it.source.width, it.source.height) for it in self.items)
         self.has_alpha = any(it.source.has_alpha for it in self.items)
         self.cache: dict[tuple[str, Candidate], tuple[int, dict[str, float]]] = {}
+        self.encoded: dict[tuple[str, Candidate], bytes] | None = {} if keep_encoded else None
         self.encodes = 0
         self.cache_hits = 0
         self.order = list(range(len(self.items)))  # hardest first: the last to fail moves up
@@ -246,9 +250,17 @@ class ImageSet:
         return px
 
     def render(self, item: _Item, cand: Candidate) -> tuple[np.ndarray, bytes]:
-        """Transform and encode one image with `cand`."""
+        """Transform and encode one image with `cand` (kept bytes are reused)."""
         px = self._transformed(item, cand)
-        return px, codecs.encode(px, cand.settings(), background=self.background)
+        if self.encoded is not None:
+            data = self.encoded.get((item.source.sha256, cand))
+            if data is not None:
+                return px, data
+        data = codecs.encode(px, cand.settings(), background=self.background)
+        if self.encoded is not None:
+            with self._lock:
+                self.encoded[(item.source.sha256, cand)] = data
+        return px, data
 
     def default_jpeg_bytes(self) -> int:
         """Bytes of the common default for comparison: JPEG quality 85 at the output size
