@@ -318,34 +318,58 @@ def output_names(sources: Sequence[Path], root: Path) -> dict[Path, str]:
 
 
 class Manifest:
-    """Append-only NDJSON: the last line for a source wins; a torn last line is ignored."""
+    """Append-only NDJSON: the last line for a source wins; a torn last line is ignored.
+
+    Only each source's line offset is kept in memory (a few dozen bytes a file), not the lines:
+    memory stays flat however many files a folder has."""
 
     def __init__(self, out_root: Path) -> None:
         self.path = out_root / MANIFEST_NAME
-        self.entries: dict[str, dict[str, Any]] = {}
-        self.order: list[dict[str, Any]] = []
+        self.offsets: dict[str, int] = {}
+        #: (job, codec, quality) of each written image, in the order they were finished
+        self.history: list[tuple[str, str, int]] = []
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill: its image is redone
-                self.entries[entry["source"]] = entry
-                self.order.append(entry)
+            with open(self.path, "rb") as f:
+                offset = 0
+                for raw in f:
+                    try:
+                        entry = json.loads(raw)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        entry = None  # a line cut by a kill: its image is redone
+                    if isinstance(entry, dict) and "source" in entry:
+                        self.offsets[entry["source"]] = offset
+                        if entry.get("status") == "written":
+                            self.history.append((entry["job"], entry["codec"], entry["quality"]))
+                    offset += len(raw)
         self._lock = threading.Lock()
 
     def lookup(self, rel: str) -> dict[str, Any] | None:
-        return self.entries.get(rel)
+        with self._lock:
+            offset = self.offsets.get(rel)
+        if offset is None:
+            return None
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return json.loads(f.readline())
 
     def append(self, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, sort_keys=True) + "\n"
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
+            with open(self.path, "ab") as f:
+                # A line torn by a kill leaves no newline: start on a fresh line.
+                if f.tell() and self._last_byte() != b"\n":
+                    f.write(b"\n")
+                offset = f.tell()
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
-            self.entries[entry["source"]] = entry
+            self.offsets[entry["source"]] = offset
+
+    def _last_byte(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1)
 
 
 def _sha256(data: bytes) -> str:
@@ -475,12 +499,13 @@ def process_image(
         _, data = images.render(images.items[0], cand)
         return _fill(outcome, "written", stem, cand, p, True), data
     # Nothing passed and beat the source. Did anything pass at all?
-    passing = [(c, p) for c, p in probes if p.feasible]
-    if passing:
-        c, p = min(passing, key=lambda cp: cp[1].bytes)
-        outcome.scores = dict(p.values)
+    passing = any(p.feasible for _, p in probes)
+    # A search stopped by the source's size: passing would take more bytes than the original.
+    too_large = not resized and any(p.bytes >= src.file_bytes for _, p in probes)
+    if passing or too_large:
+        # The original is kept: it is the reference, so it meets any target (no scores needed).
         outcome.meets_target = True
-        outcome.status = "kept"  # a passing encode exists but is not smaller than the source
+        outcome.status = "kept"
         outcome.output = stem_with(stem, Path(rel).suffix)
         outcome.output_bytes = src.file_bytes
         return outcome, None
@@ -597,9 +622,9 @@ def run_folder(
     manifest = Manifest(out_root)
     job_key = spec.key(suite.spec())
     predictor = predictor or QualityPredictor()
-    for entry in manifest.order:  # a resumed run predicts as the interrupted one did
-        if entry.get("job") == job_key and entry.get("status") == "written":
-            predictor.record(entry["codec"], entry["quality"], True)
+    for job, codec, quality in manifest.history:  # a resumed run predicts as the killed one
+        if job == job_key:
+            predictor.record(codec, quality, True)
     summary = RunSummary()
 
     def work(path: Path) -> ImageOutcome:
