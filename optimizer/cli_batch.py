@@ -200,7 +200,9 @@ def _print_summary(summary, spec, as_json: bool, stdout: Console, out_dir: Path)
 
 @app.command(epilog=EXIT_CODES_HELP)
 def optimize(
-    src: Annotated[Path, typer.Argument(help="Folder of source images (never modified).")],
+    src: Annotated[
+        Path, typer.Argument(metavar="SRC", help="Folder of source images (never modified).")
+    ],
     out_dir: Annotated[
         Path, typer.Argument(metavar="OUT", help="Output folder; mirrors SRC's tree.")
     ],
@@ -293,7 +295,9 @@ def optimize(
 @app.command(epilog=EXIT_CODES_HELP)
 def apply(
     preset: Annotated[Path, typer.Argument(help="A preset JSON written by imgtune tune.")],
-    src: Annotated[Path, typer.Argument(help="Folder of source images (never modified).")],
+    src: Annotated[
+        Path, typer.Argument(metavar="SRC", help="Folder of source images (never modified).")
+    ],
     out_dir: Annotated[
         Path, typer.Argument(metavar="OUT", help="Output folder; mirrors SRC's tree.")
     ],
