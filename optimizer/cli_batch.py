@@ -294,7 +294,9 @@ def optimize(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def apply(
-    preset: Annotated[Path, typer.Argument(help="A preset JSON written by imgtune tune.")],
+    preset: Annotated[
+        Path, typer.Argument(metavar="PRESET", help="A preset JSON written by imgtune tune.")
+    ],
     src: Annotated[
         Path, typer.Argument(metavar="SRC", help="Folder of source images (never modified).")
     ],
