@@ -352,3 +352,45 @@ def apply(
     )
     suite = _suite_for(tgt, weights, device, compile)
     _run(src, out_dir, spec, suite, jobs, as_json, report, "applying")
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def export(
+    preset: Annotated[
+        Path, typer.Argument(metavar="PRESET", help="A preset JSON written by imgtune tune.")
+    ],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="pillow (save kwargs), pillow-python, sharp, vips, vipsthumbnail, cwebp, "
+            "avifenc, cjpeg, magick, json or toml.",
+        ),
+    ],
+    input: Annotated[
+        str | None, typer.Option(help="Fill the command's input placeholder with this path.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Fill the command's output placeholder with this path.")
+    ] = None,
+) -> None:
+    """Print PRESET's recipe for an asset pipeline tool. Settings a tool cannot express exactly
+    (a resize kernel, Pillow's sharpening, a different quality scale) are named in comments,
+    with the nearest documented equivalent used."""
+    from .export import FORMATS, render
+    from .presets import read_preset
+
+    try:
+        p = read_preset(preset)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {preset}: {exc}", highlight=False)
+        raise typer.Exit(ExitCode.USAGE) from None
+    if to not in FORMATS:
+        err.print(f"[red]error:[/red] unknown --to {to!r}; known: {', '.join(FORMATS)}")
+        raise typer.Exit(ExitCode.USAGE)
+    try:
+        text = render(p, to, input=input, output=output)
+    except (ValueError, KeyError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.USAGE) from None
+    Console(highlight=False, soft_wrap=True).out(text, end="")

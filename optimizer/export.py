@@ -1,0 +1,451 @@
+"""Render a preset for the tools of real asset pipelines.
+
+Each renderer returns text: a command line, a code snippet or a config. Where a tool has no exact
+equivalent of a setting (a resize kernel, Pillow's sharpening model, a quality scale that
+differs), the output says so in a comment and uses the nearest documented equivalent; it never
+pretends. `{input}` and `{output}` in commands are placeholders (`render(..., input=, output=)`
+fills them).
+
+Pillow's settings, for reference: quality is each codec's own 0-100 scale (libjpeg quality,
+libwebp quality, libavif quality); `sharpen` is `ImageEnhance.Sharpness(f)`: a blend between the
+image smoothed by a 3x3 kernel (f = 0) and the image (f = 1), extrapolated beyond 1; resizing
+fits inside `max_size` without enlarging, on premultiplied alpha, after EXIF orientation.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["FORMATS", "render"]
+
+# Pillow filter -> (sharp kernel, libvips kernel, ImageMagick filter), nearest where inexact
+_KERNELS = {
+    "nearest": ("nearest", "nearest", "Point"),
+    "box": ("nearest", "linear", "Box"),
+    "bilinear": ("linear", "linear", "Triangle"),
+    "hamming": ("linear", "linear", "Hamming"),
+    "bicubic": ("cubic", "cubic", "Catrom"),
+    "lanczos": ("lanczos3", "lanczos3", "Lanczos"),
+}
+_INEXACT_KERNEL = {
+    "sharp": {"box": "no box kernel: nearest", "hamming": "no Hamming window: linear"},
+    "vips": {"box": "no box kernel: linear", "hamming": "no Hamming window: linear"},
+}
+
+
+class _P:
+    """The preset's recipe, flattened for the renderers."""
+
+    def __init__(self, preset: dict[str, Any]) -> None:
+        params = preset["params"]
+        self.codec: str = params["codec"]
+        self.quality: int = int(params["quality"])
+        self.options: dict[str, Any] = dict(params.get("options") or {})
+        self.filter: str = params.get("resize_filter") or "lanczos"
+        self.sharpen: float = float(params.get("sharpen", 1.0))
+        size = preset.get("max_size")
+        self.max_w, self.max_h = (size[0], size[1]) if size else (None, None)
+        bg = preset.get("background")
+        self.background = tuple(bg) if bg else None
+        self.target = preset.get("target", {}).get("spec", "")
+        self.kwargs = dict(preset.get("pillow_save_kwargs") or {})
+
+    @property
+    def resized(self) -> bool:
+        return self.max_w is not None or self.max_h is not None
+
+    @property
+    def ext(self) -> str:
+        return {"jpeg": "jpg", "webp": "webp", "avif": "avif", "jxl": "jxl"}[self.codec]
+
+    @property
+    def subsampling(self) -> str:
+        return self.options.get("subsampling", "4:2:0")
+
+    def bg_hex(self) -> str:
+        if not self.background:
+            return "#ffffff"
+        r, g, b = self.background
+        return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _avif_quantizer(quality: int) -> int:
+    """libavif's own quality -> quantizer mapping (0 best .. 63), as Pillow's encoder uses it."""
+    return ((100 - quality) * 63 + 50) // 100
+
+
+def _sharpen_kernel(p: _P) -> list[float]:
+    """Pillow's Sharpness(f) as one 3x3 convolution, row-major, summing to 1.
+
+    Sharpness(f) = f * image + (1 - f) * SMOOTH(image), SMOOTH = [[1,1,1],[1,5,1],[1,1,1]] / 13,
+    so the kernel is (1 - f) / 13 around a centre of (8 f + 5) / 13: exact, not approximated
+    (Pillow leaves the 1-pixel border unfiltered and rounds to 8 bits between its two steps;
+    tools differ there by a level at most)."""
+    f = p.sharpen
+    edge = (1 - f) / 13
+    centre = (8 * f + 5) / 13
+    return [edge, edge, edge, edge, centre, edge, edge, edge, edge]
+
+
+def _sharpen_note(p: _P, tool: str) -> str | None:
+    if p.sharpen == 1.0:
+        return None
+    return (
+        f"sharpen {p.sharpen:g} is Pillow's ImageEnhance.Sharpness, which equals the 3x3 "
+        f"convolution below ({tool}); Pillow keeps the 1-pixel border and alpha unsharpened"
+    )
+
+
+def _kernel_text(p: _P, sep: str = ",") -> str:
+    return sep.join(f"{v:.6f}" for v in _sharpen_kernel(p))
+
+
+def _pillow(p: _P) -> str:
+    return json.dumps({"format": p.codec.upper(), **p.kwargs}, indent=2)
+
+
+def _pillow_python(p: _P) -> str:
+    lines = [
+        f"# imgtune preset: {p.codec} quality {p.quality}; target {p.target}",
+        "from PIL import Image, ImageEnhance, ImageOps",
+        "",
+        "",
+        "def encode(src, dst):",
+        "    im = ImageOps.exif_transpose(Image.open(src))",
+        '    im = im.convert("RGBA" if "A" in im.getbands() else "RGB")',
+    ]
+    if p.background and p.codec == "jpeg":
+        lines += [
+            '    if im.mode == "RGBA":',
+            f'        flat = Image.new("RGB", im.size, {p.background})',
+            "        flat.paste(im, mask=im.getchannel('A'))",
+            "        im = flat",
+        ]
+    if p.resized:
+        w = p.max_w or 10**9
+        h = p.max_h or 10**9
+        lines.append(
+            f"    im.thumbnail(({w}, {h}), Image.Resampling.{p.filter.upper()}, reducing_gap=None)"
+        )
+    if p.sharpen != 1.0:
+        lines += [
+            "    alpha = im.getchannel('A') if im.mode == 'RGBA' else None",
+            f"    im = ImageEnhance.Sharpness(im.convert('RGB')).enhance({p.sharpen!r})",
+            "    if alpha is not None:",
+            "        im.putalpha(alpha)",
+        ]
+    kw = ", ".join(f"{k}={v!r}" for k, v in p.kwargs.items())
+    lines.append(f'    im.save(dst, "{p.codec.upper()}", {kw})')
+    return "\n".join(lines) + "\n"
+
+
+def _sharp(p: _P) -> str:
+    notes = []
+    chain = ["sharp(input)", ".rotate()  // EXIF orientation"]
+    if p.resized:
+        kernel = _KERNELS[p.filter][0]
+        if p.filter in _INEXACT_KERNEL["sharp"]:
+            notes.append(f"resize kernel: {_INEXACT_KERNEL['sharp'][p.filter]}")
+        dims = ", ".join(
+            f"{k}: {v}" for k, v in (("width", p.max_w), ("height", p.max_h)) if v is not None
+        )
+        chain.append(
+            f".resize({{ {dims}, fit: 'inside', withoutEnlargement: true, kernel: '{kernel}' }})"
+        )
+    note = _sharpen_note(p, "sharp's convolve")
+    if note:
+        notes.append(note)
+        chain.append(f".convolve({{ width: 3, height: 3, kernel: [{_kernel_text(p, ', ')}] }})")
+    if p.codec == "jpeg":
+        if p.background:
+            chain.append(f".flatten({{ background: '{p.bg_hex()}' }})")
+        chain.append(
+            f".jpeg({{ quality: {p.quality}, chromaSubsampling: '{p.subsampling}', "
+            f"progressive: {str(p.options.get('progressive', True)).lower()}, "
+            f"optimiseCoding: {str(p.options.get('optimize', True)).lower()} }})"
+        )
+    elif p.codec == "webp":
+        chain.append(f".webp({{ quality: {p.quality}, effort: {p.options.get('method', 4)} }})")
+    elif p.codec == "avif":
+        effort = max(0, min(9, 9 - int(p.options.get("speed", 6))))
+        notes.append(
+            "AVIF quality: sharp passes quality to libheif, whose scale differs from libavif's "
+            "(Pillow); effort = 9 - libavif speed"
+        )
+        chain.append(
+            f".avif({{ quality: {p.quality}, effort: {effort}, "
+            f"chromaSubsampling: '{p.subsampling}' }})"
+        )
+    else:
+        chain.append(f".jxl({{ quality: {p.quality}, effort: {p.options.get('effort', 7)} }})")
+    head = [f"// imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
+    head += [f"// note: {n}" for n in notes]
+    body = "\n    ".join(chain)
+    return (
+        "\n".join(head)
+        + "\n// usage: node this.js INPUT OUTPUT, or require() it and call encode(input, output)"
+        + "\nconst sharp = require('sharp');\n\nasync function encode(input, output) {\n  await "
+        + body
+        + "\n    .toFile(output);\n}\n\nmodule.exports = encode;\nif (require.main === module) {\n"
+        + "  encode(process.argv[2], process.argv[3]).catch((e) => {\n"
+        + "    console.error(e.message);\n    process.exit(1);\n  });\n}\n"
+    )
+
+
+def _vips_save_opts(p: _P) -> tuple[str, list[str]]:
+    notes = []
+    if p.codec == "jpeg":
+        opts = [f"Q={p.quality}", "optimize-coding"]
+        if p.options.get("progressive", True):
+            opts.append("interlace")
+        opts.append("subsample-mode=" + ("off" if p.subsampling == "4:4:4" else "on"))
+        if p.background:
+            opts.append("background=" + ",".join(str(c) for c in p.background))
+    elif p.codec == "webp":
+        opts = [f"Q={p.quality}", f"effort={p.options.get('method', 4)}"]
+    elif p.codec == "avif":
+        effort = max(0, min(9, 9 - int(p.options.get("speed", 6))))
+        opts = [f"Q={p.quality}", f"effort={effort}", "compression=av1"]
+        opts.append("subsample-mode=" + ("off" if p.subsampling == "4:4:4" else "on"))
+        notes.append("AVIF Q goes through libheif, whose quality scale differs from libavif's")
+    else:
+        opts = [f"Q={p.quality}", f"effort={p.options.get('effort', 7)}"]
+    return ",".join(opts), notes
+
+
+def _vips(p: _P) -> str:
+    opts, notes = _vips_save_opts(p)
+    note = _sharpen_note(p, "libvips")
+    w = p.max_w or 10_000_000
+    h = p.max_h or 10_000_000
+    if p.resized and p.filter != "lanczos":
+        notes.append(
+            f"vips thumbnail resizes with lanczos3 (imgtune used {p.filter}); `vips resize "
+            f"--kernel {_KERNELS[p.filter][1]}` takes a scale factor instead of a box"
+        )
+    # thumbnail applies EXIF orientation and never enlarges; a huge box when not resizing
+    thumb = f"vips thumbnail {{input}} {{dest}} {w} --height {h} --size down"
+    lines = [f"# imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
+    if note:
+        notes.append(note)
+        lines += [f"# note: {n}" for n in notes]
+        dest = f"'{{output}}[{opts}]'"
+        k = _sharpen_kernel(p)
+        mask = "3 3 1 0\\n" + "\\n".join(
+            " ".join(f"{v:.6f}" for v in k[r * 3 : r * 3 + 3]) for r in range(3)
+        )
+        lines.append(
+            f"printf '{mask}\\n' > {{output}}.mask.mat && "
+            + thumb.replace("{dest}", "{output}.tmp.v")
+            + " && vips conv {output}.tmp.v {output}.conv.v {output}.mask.mat"
+            " --precision float"
+            + f" && vips cast {{output}}.conv.v {dest} uchar"
+            + " && rm {output}.tmp.v {output}.conv.v {output}.mask.mat"
+        )
+    else:
+        lines += [f"# note: {n}" for n in notes]
+        lines.append(thumb.replace("{dest}", f"'{{output}}[{opts}]'"))
+    return "\n".join(lines) + "\n"
+
+
+def _vipsthumbnail(p: _P) -> str:
+    opts, notes = _vips_save_opts(p)
+    if _sharpen_note(p, "vipsthumbnail"):
+        notes.append(_sharpen_note(p, "vipsthumbnail") + " (use the `vips` export to sharpen)")
+    w = p.max_w or 10_000_000
+    h = p.max_h or 10_000_000
+    size = f"{w}x{h}>" if p.resized else "10000000x10000000>"
+    lines = [f"# imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
+    lines += [f"# note: {n}" for n in notes]
+    lines.append(f"vipsthumbnail {{input}} --size '{size}' -o '{{output}}[{opts}]'")
+    return "\n".join(lines) + "\n"
+
+
+def _cwebp(p: _P) -> str:
+    if p.codec != "webp":
+        raise ValueError(f"cwebp writes WebP; this preset's codec is {p.codec}")
+    notes = []
+    args = [
+        "cwebp",
+        "-q",
+        str(p.quality),
+        "-m",
+        str(p.options.get("method", 4)),
+        "-metadata",
+        "none",
+    ]
+    if p.resized:
+        notes.append(
+            f"cwebp cannot fit an image inside a {p.max_w or '-'}x{p.max_h or '-'} box (its "
+            "-resize takes exact sides, or one side and 0, and enlarges): resize first, e.g. "
+            "with the vipsthumbnail export, then run this on the result"
+        )
+    note = _sharpen_note(p, "cwebp")
+    if note:
+        notes.append(
+            note + " (cwebp's -sharpness is a deblocking setting, not sharpening: not used)"
+        )
+    notes.append("cwebp does not apply EXIF orientation")
+    args += ["{input}", "-o", "{output}"]
+    lines = [f"# imgtune preset: webp q{p.quality}; target {p.target}"]
+    lines += [f"# note: {n}" for n in notes]
+    return "\n".join(lines) + "\n" + " ".join(args) + "\n"
+
+
+def _avifenc(p: _P) -> str:
+    if p.codec != "avif":
+        raise ValueError(f"avifenc writes AVIF; this preset's codec is {p.codec}")
+    q = _avif_quantizer(p.quality)
+    yuv = "444" if p.subsampling == "4:4:4" else "420"
+    notes = [
+        f"Pillow's AVIF quality {p.quality} is libavif's quantizer {q} (0-63): avifenc before "
+        f"1.0 takes quantizers (--min/--max); avifenc 1.x also takes -q {p.quality}",
+    ]
+    if p.resized:
+        notes.append(
+            "avifenc does not resize: fit images inside the box first (e.g. with the "
+            "vipsthumbnail export), then run this on the result"
+        )
+    if _sharpen_note(p, "avifenc"):
+        notes.append(_sharpen_note(p, "avifenc"))
+    args = [
+        "avifenc", "--min", str(q), "--max", str(q), "--minalpha", str(q), "--maxalpha", str(q),
+        "-s", str(p.options.get("speed", 6)), "-y", yuv, "--ignore-exif", "--ignore-xmp",
+        "{input}", "{output}",
+    ]  # fmt: skip
+    lines = [f"# imgtune preset: avif q{p.quality}; target {p.target}"]
+    lines += [f"# note: {n}" for n in notes]
+    return "\n".join(lines) + "\n" + " ".join(args) + "\n"
+
+
+def _cjpeg(p: _P) -> str:
+    if p.codec != "jpeg":
+        raise ValueError(f"cjpeg writes JPEG; this preset's codec is {p.codec}")
+    sample = "1x1" if p.subsampling == "4:4:4" else "2x2"
+    args = ["cjpeg", "-quality", str(p.quality), "-sample", sample]
+    if p.options.get("progressive", True):
+        args.append("-progressive")
+    if p.options.get("optimize", True):
+        args.append("-optimize")
+    notes = ["cjpeg (libjpeg-turbo 2.x) reads PPM/BMP/Targa, not PNG: convert first, as below"]
+    if p.resized or p.sharpen != 1.0:
+        notes.append("cjpeg neither resizes nor sharpens: the conversion step does it")
+    pre = ["magick", "{input}", "-auto-orient"]
+    if p.resized:
+        pre += ["-filter", _KERNELS[p.filter][2], "-resize", f"{p.max_w or ''}x{p.max_h or ''}>"]
+    if p.background:
+        pre += ["-background", p.bg_hex(), "-flatten"]
+    pre.append("pnm:-")
+    lines = [f"# imgtune preset: jpeg q{p.quality}; target {p.target}"]
+    lines += [f"# note: {n}" for n in notes]
+    quoted = " ".join(a if "{" in a else shlex.quote(a) for a in pre)
+    return "\n".join(lines) + "\n" + quoted + " | " + " ".join(args) + " > {output}\n"
+
+
+def _magick(p: _P) -> str:
+    args = ["magick", "{input}", "-auto-orient"]
+    notes = []
+    if p.resized:
+        args += ["-filter", _KERNELS[p.filter][2], "-resize", f"{p.max_w or ''}x{p.max_h or ''}>"]
+    note = _sharpen_note(p, "ImageMagick's -morphology Convolve")
+    if note:
+        notes.append(note)
+        args += ["-morphology", "Convolve", f"3x3:{_kernel_text(p)}"]
+    if p.codec == "jpeg":
+        if p.background:
+            args += ["-background", p.bg_hex(), "-flatten"]
+        args += ["-quality", str(p.quality), "-sampling-factor", p.subsampling]
+        if p.options.get("progressive", True):
+            args += ["-interlace", "JPEG"]
+    elif p.codec == "webp":
+        args += ["-quality", str(p.quality), "-define", f"webp:method={p.options.get('method', 4)}"]
+    elif p.codec == "avif":
+        notes.append("AVIF goes through libheif: its quality scale differs from libavif's")
+        args += ["-quality", str(p.quality), "-define", f"heic:speed={p.options.get('speed', 6)}"]
+        if p.subsampling == "4:4:4":
+            args += ["-define", "heic:chroma=444"]
+    else:
+        args += ["-quality", str(p.quality)]
+    args += ["-strip", "{output}"]
+    notes.append("ImageMagick 6 spells the command `convert` with the same arguments")
+    lines = [f"# imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
+    lines += [f"# note: {n}" for n in notes]
+    return (
+        "\n".join(lines)
+        + "\n"
+        + " ".join(shlex.quote(a) if "{" not in a else a for a in args)
+        + "\n"
+    )
+
+
+def _json(p: _P, preset: dict[str, Any]) -> str:
+    keep = ("schema", "params", "pillow_save_kwargs", "max_size", "background", "target")
+    return json.dumps({k: preset.get(k) for k in keep}, indent=2) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def _toml(p: _P, preset: dict[str, Any]) -> str:
+    lines = ["# imgtune preset", f"schema = {preset.get('schema', 1)}"]
+    if preset.get("max_size"):
+        lines.append(f"max_size = {_toml_value([x or 0 for x in preset['max_size']])}")
+    if preset.get("background"):
+        lines.append(f"background = {_toml_value(preset['background'])}")
+    params = dict(preset["params"])
+    opts = params.pop("options", {}) or {}
+    lines.append("\n[params]")
+    for k, v in params.items():
+        if v is not None:
+            lines.append(f"{k} = {_toml_value(v)}")
+    lines.append("\n[params.options]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in opts.items()]
+    lines.append("\n[pillow_save_kwargs]")
+    lines += [
+        f"{k} = {_toml_value(v)}" for k, v in (preset.get("pillow_save_kwargs") or {}).items()
+    ]
+    lines.append("\n[target]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (preset.get("target") or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+_RENDERERS: dict[str, Callable[..., str]] = {
+    "pillow": _pillow,
+    "pillow-python": _pillow_python,
+    "sharp": _sharp,
+    "vips": _vips,
+    "vipsthumbnail": _vipsthumbnail,
+    "cwebp": _cwebp,
+    "avifenc": _avifenc,
+    "cjpeg": _cjpeg,
+    "magick": _magick,
+    "json": _json,
+    "toml": _toml,
+}
+FORMATS: tuple[str, ...] = tuple(_RENDERERS)
+
+
+def render(
+    preset: dict[str, Any], fmt: str, *, input: str | None = None, output: str | None = None
+) -> str:
+    """The preset as `fmt`; `input`/`output` fill the placeholders of command-line formats."""
+    if fmt not in _RENDERERS:
+        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    p = _P(preset)
+    fn = _RENDERERS[fmt]
+    text = fn(p, preset) if fmt in ("json", "toml") else fn(p)
+    if input is not None:
+        text = text.replace("{input}", shlex.quote(input))
+    if output is not None:
+        text = text.replace("{output}", output)
+    return text

@@ -1,0 +1,123 @@
+"""Run an exported command with the real tool and measure its output against imgtune's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from optimizer import codecs, transforms
+from optimizer.export import render
+from optimizer.images import load
+from optimizer.metrics import MetricSuite
+from optimizer.search import Candidate, _cand_args
+
+ROOT = Path(__file__).resolve().parent.parent
+PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
+BOX = (320, 320)
+
+
+def make_preset(codec: str, quality: int, *, sharpen: float = 1.0, options=None, box=BOX) -> dict:
+    preset = json.loads((ROOT / "tests" / "data" / "preset_webp.json").read_text())
+    opts = dict(codecs.EncodeSettings.make(codec, quality, **(options or {})).options)
+    preset["params"] = {
+        "codec": codec,
+        "quality": quality,
+        "resize_filter": "lanczos",
+        "sharpen": sharpen,
+        "options": opts,
+    }
+    preset["pillow_save_kwargs"] = codecs.EncodeSettings.make(
+        codec, quality, **opts
+    ).pillow_kwargs()
+    preset["max_size"] = list(box) if box else None
+    preset["target"]["spec"] = "ssimulacra2>=70"
+    return preset
+
+
+def tool_available(fmt: str) -> str | None:
+    """None when the tool runs here, else what is missing."""
+    need = {
+        "cwebp": ["cwebp"],
+        "avifenc": ["avifenc"],
+        "cjpeg": ["cjpeg"],
+        "vips": ["vips"],
+        "vipsthumbnail": ["vipsthumbnail"],
+        "magick": [],
+        "sharp": ["node"],
+        "pillow-python": [],
+    }[fmt]
+    missing = [t for t in need if shutil.which(t) is None]
+    if fmt in ("magick", "cjpeg") and not (shutil.which("magick") or shutil.which("convert")):
+        missing.append("magick (ImageMagick)")
+    if fmt == "sharp" and not missing and sharp_dir() is None:
+        missing.append("the sharp npm package (IMGTUNE_SHARP_DIR or .ci/node)")
+    return ", ".join(missing) or None
+
+
+def sharp_dir() -> Path | None:
+    for d in (os.environ.get("IMGTUNE_SHARP_DIR"), ROOT / ".ci" / "node"):
+        if d and (Path(d) / "node_modules" / "sharp").is_dir():
+            return Path(d)
+    return None
+
+
+def run_export(fmt: str, preset: dict, src: Path, out: Path) -> None:
+    text = render(preset, fmt, input=str(src), output=str(out))
+    if fmt == "pillow-python":
+        ns: dict = {}
+        exec(compile(text, "<export>", "exec"), ns)  # noqa: S102 - the exported snippet itself
+        ns["encode"](str(src), str(out))
+        return
+    if fmt == "sharp":
+        script = out.with_suffix(".js")
+        script.write_text(text)
+        env = {**os.environ, "NODE_PATH": str(sharp_dir() / "node_modules")}
+        r = subprocess.run(
+            ["node", str(script), str(src), str(out)], capture_output=True, text=True, env=env
+        )
+    else:
+        cmd = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+        if shutil.which("magick") is None:
+            cmd = cmd.replace("magick ", "convert ")  # ImageMagick 6
+        r = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{fmt} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+
+
+def measure(fmt: str, preset: dict, image: Path, tmp: Path) -> dict:
+    """Run the tool; return its output's format, size and SSIMULACRA2 against imgtune's
+    reference, beside imgtune's own encode of the same preset."""
+    src = load(image)
+    p = preset["params"]
+    size = transforms.fit_size(src.width, src.height, *(preset.get("max_size") or (None, None)))
+    ref = transforms.reference(src.pixels, size)
+    out = tmp / f"{image.stem}-{fmt}-{p['codec']}.{ {'jpeg': 'jpg'}.get(p['codec'], p['codec']) }"
+    run_export(fmt, preset, image, out)
+    got = Image.open(out)
+    got.load()
+    suite = MetricSuite.build(["ssimulacra2"], device="cpu")
+    prepared = suite.prepare(ref[:, :, :3] if ref.shape[2] == 4 else ref)
+    pixels = np.asarray(got.convert("RGB" if ref.shape[2] in (3, 4) else "L"))
+    pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    tool_score = suite.score(prepared, [pixels])[0]["ssimulacra2"] if got.size == size else None
+    cand = Candidate(**_cand_args(p))
+    ours_px = transforms.apply(
+        src.pixels, size=size if size != (src.width, src.height) else None, sharpen=cand.sharpen
+    )
+    data = codecs.encode(ours_px, cand.settings())
+    ours = suite.score(prepared, [codecs.decode(data, channels=ref.shape[2])])[0]["ssimulacra2"]
+    return {
+        "format": got.format,
+        "size": got.size,
+        "expected_size": size,
+        "bytes": out.stat().st_size,
+        "ours_bytes": len(data),
+        "score": tool_score,
+        "ours": ours,
+    }
