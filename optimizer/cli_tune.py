@@ -113,6 +113,13 @@ def tune(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     compile: CompileOpt = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the HTML report (charts, per-image crops) to this file "
+            "(studies/<name>.report.html if given as '.')."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Find the smallest encoding recipe for a folder that still meets a quality target.
@@ -247,10 +254,28 @@ def tune(
     default_bytes = images.default_jpeg_bytes()
     if result.best is None:
         _print_infeasible(result, tgt, as_json)
+        if report is not None:  # the report shows how close the trials came
+            from .report import build_report, write_report
+
+            report_path = report if report.suffix else studies / f"{name}.report.html"
+            write_report(report_path, build_report(result.study))
+            err.print(f"report: {report_path}", highlight=False)
         raise typer.Exit(ExitCode.TARGET_MISSED)
     preset = build_preset(result, images, tgt, aggregate)
+    preset["achieved"]["default_jpeg_bytes"] = default_bytes
     preset_path = write_preset(preset, preset_out or studies / f"{name}.preset.json")
     written = images.write_outputs(result.best.candidate, out) if out else None
+    if report is not None:
+        from .report import build_report, write_report
+
+        report_path = report if report.suffix else studies / f"{name}.report.html"
+        write_report(
+            report_path,
+            build_report(
+                result.study, preset=preset, images=report_images(images, result.best.candidate)
+            ),
+        )
+        err.print(f"report: {report_path}", highlight=False)
     summary = {
         "study": name,
         "storage": storage,
@@ -404,3 +429,95 @@ def _print_tune_summary(s: dict, images) -> None:
             + (f" ({kept} kept as the source, smaller than any encode)" if kept else ""),
         )
     out.print(table)
+
+
+def report_images(images, cand) -> list[dict]:
+    """Per image: the reference at output size and the chosen recipe's decoded output."""
+    from .codecs import CODECS, decode
+    from .transforms import reference
+
+    out = []
+    for it in images.items:
+        src = it.source
+        ref = src.pixels if it.size == (src.width, src.height) else reference(src.pixels, it.size)
+        _, data = images.render(it, cand)
+        alpha = src.has_alpha and CODECS[cand.codec].supports_alpha
+        channels = src.channels if alpha or not src.has_alpha else src.channels - 1
+        out.append(
+            {
+                "name": src.path.name,
+                "reference": ref[:, :, :channels] if channels < ref.shape[2] else ref,
+                "output": decode(data, channels=channels),
+                "caption": f"{cand.codec} q{cand.quality}, {len(data):,} bytes",
+            }
+        )
+    return out
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def report(
+    study: Annotated[
+        str,
+        typer.Argument(
+            metavar="STUDY",
+            help="A study name (in studies/<name>.db) or the path of its .db file.",
+        ),
+    ],
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: the study's SQLite file).")
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="The image folder that was tuned, for the per-image crops."),
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default studies/<name>.report.html).")
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report of a study: summary, bytes-quality scatter with the
+    feasible region and Pareto front, optimisation history, parameter importances, and (with
+    --images) per image the source and chosen output where they differ most."""
+    import optuna
+
+    from .presets import read_preset
+
+    path = Path(study)
+    name = path.stem if path.suffix == ".db" else study
+    if storage is None:
+        db = path if path.suffix == ".db" else Path("studies") / f"{name}.db"
+        if not db.is_file():
+            err.print(f"[red]error:[/red] {db}: no such study database", highlight=False)
+            raise typer.Exit(ExitCode.NOTHING_DONE)
+        storage = f"sqlite:///{db}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        st = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        err.print(f"[red]error:[/red] no study named {name!r} in {storage}", highlight=False)
+        raise typer.Exit(ExitCode.NOTHING_DONE) from None
+    preset_path = Path("studies") / f"{name}.preset.json"
+    preset = read_preset(preset_path) if preset_path.is_file() else None
+    crops = None
+    if images is not None and preset is not None:
+        crops = _crops_for(images, preset)
+    elif images is not None:
+        err.print("note: no preset for this study (no feasible recipe), so no crops")
+    from .report import build_report, write_report
+
+    dest = out_file or Path("studies") / f"{name}.report.html"
+    write_report(dest, build_report(st, preset=preset, images=crops))
+    err.print(f"report: {dest}", highlight=False)
+
+
+def _crops_for(folder: Path, preset: dict) -> list[dict]:
+    from .metrics import MetricSuite
+    from .search import Candidate, ImageSet, _cand_args
+
+    sources, _ = _load_folder(folder, 11)
+    if not sources:
+        return []
+    size = preset.get("max_size") or [None, None]
+    bg = tuple(preset["background"]) if preset.get("background") else None
+    suite = MetricSuite.build(["psnr"], device="cpu")  # the crops need no scores
+    images = ImageSet(sources, suite, max_width=size[0], max_height=size[1], background=bg)
+    return report_images(images, Candidate(**_cand_args(preset["params"])))

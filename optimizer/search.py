@@ -612,6 +612,18 @@ def tune(
         trial.set_constraint("target", ev.violation)
         trial.set_user_attr("candidate", json.loads(json.dumps(cand.as_dict())))
         trial.set_user_attr("complete", ev.complete)
+        # The worst value of each target metric over the images scored (all, when complete):
+        # the quality axis of the report's bytes-quality plot.
+        trial.set_user_attr(
+            "quality",
+            {
+                m: (min if OUTPUTS[m].higher_is_better else max)(
+                    v[m] for v in ev.per_image.values()
+                )
+                for m in target.metrics
+                if ev.per_image
+            },
+        )
         if on_trial:
             on_trial(ev)
         if ev.pruned:
