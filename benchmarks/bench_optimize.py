@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
-def baseline(folder: Path, target, suite) -> dict:
+def baseline(folder: Path, target, suite, max_width=None, max_height=None) -> dict:
     """jpeg-recompress style: JPEG, bisection on quality, lowest passing quality."""
     t0 = time.perf_counter()
     total_src = total_out = encodes = n = missed = 0
@@ -45,7 +45,7 @@ def baseline(folder: Path, target, suite) -> dict:
         n += 1
         total_src += src.file_bytes
         bg = (255, 255, 255) if src.has_alpha else None  # JPEG has no alpha: flatten on white
-        images = ImageSet([src], suite, background=bg)
+        images = ImageSet([src], suite, background=bg, max_width=max_width, max_height=max_height)
 
         def probe(q: int, images=images):
             c = Candidate("jpeg", q, None, 1.0, EncodeSettings.make("jpeg", q).options)
@@ -68,7 +68,7 @@ def baseline(folder: Path, target, suite) -> dict:
             else:
                 lo = mid
         encodes += images.encodes
-        total_out += min(best, src.file_bytes)
+        total_out += best if images.resized else min(best, src.file_bytes)
     return {
         "name": "jpeg-recompress style (JPEG, bisection)",
         "images": n,
@@ -80,10 +80,14 @@ def baseline(folder: Path, target, suite) -> dict:
     }
 
 
-def imgtune(folder: Path, target, suite, codecs: list[str], name: str) -> dict:
+def imgtune(
+    folder: Path, target, suite, codecs: list[str], name: str, max_width=None, max_height=None
+) -> dict:
     bases = tuple(Candidate(c, 75, None, 1.0, EncodeSettings.make(c, 75).options) for c in codecs)
     bg = (255, 255, 255) if codecs == ["jpeg"] else None
-    spec = JobSpec("optimize", target, bases, background=bg)
+    spec = JobSpec(
+        "optimize", target, bases, background=bg, max_width=max_width, max_height=max_height
+    )
     with tempfile.TemporaryDirectory() as tmp:
         s = run_folder(folder, Path(tmp) / "out", spec, suite, jobs=1, predictor=QualityPredictor())
     return {
