@@ -69,6 +69,13 @@ WeightsOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 ]
+BackgroundOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Colour (white, black, #RRGGBB) to flatten transparency onto, which allows JPEG "
+        "for images with alpha."
+    ),
+]
 CompileOpt = Annotated[
     bool,
     typer.Option(

@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .cli import CompileOpt, DeviceOpt, WeightsOpt, _build_suite, _with_target_metrics, app, err
+from .cli import (
+    BackgroundOpt,
+    CompileOpt,
+    DeviceOpt,
+    WeightsOpt,
+    _build_suite,
+    _with_target_metrics,
+    app,
+    err,
+)
 from .cli_tune import _parse_colour, _parse_ranges
 from .outcome import EXIT_CODES_HELP, ExitCode
 
@@ -39,13 +48,10 @@ BestEffortOpt = Annotated[
         "best_effort; exit 3). Default: keep the original and report the image.",
     ),
 ]
-BackgroundOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Colour (white, black, #RRGGBB) to flatten transparency onto, which allows JPEG "
-        "for images with alpha."
-    ),
+SrcArg = Annotated[
+    Path, typer.Argument(metavar="SRC", help="Folder of source images (never modified).")
 ]
+OutArg = Annotated[Path, typer.Argument(metavar="OUT", help="Output folder; mirrors SRC's tree.")]
 TargetOpt = Annotated[
     str | None,
     typer.Option(help="Quality target, e.g. 'ssimulacra2>=85' (overrides --quality)."),
@@ -200,12 +206,8 @@ def _print_summary(summary, spec, as_json: bool, stdout: Console, out_dir: Path)
 
 @app.command(epilog=EXIT_CODES_HELP)
 def optimize(
-    src: Annotated[
-        Path, typer.Argument(metavar="SRC", help="Folder of source images (never modified).")
-    ],
-    out_dir: Annotated[
-        Path, typer.Argument(metavar="OUT", help="Output folder; mirrors SRC's tree.")
-    ],
+    src: SrcArg,
+    out_dir: OutArg,
     target: TargetOpt = None,
     quality: QualityOpt = "high",
     codecs: Annotated[
@@ -297,12 +299,8 @@ def apply(
     preset: Annotated[
         Path, typer.Argument(metavar="PRESET", help="A preset JSON written by imgtune tune.")
     ],
-    src: Annotated[
-        Path, typer.Argument(metavar="SRC", help="Folder of source images (never modified).")
-    ],
-    out_dir: Annotated[
-        Path, typer.Argument(metavar="OUT", help="Output folder; mirrors SRC's tree.")
-    ],
+    src: SrcArg,
+    out_dir: OutArg,
     refine: Annotated[
         bool,
         typer.Option(

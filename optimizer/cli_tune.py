@@ -10,7 +10,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli import CompileOpt, DeviceOpt, WeightsOpt, _build_suite, _fmt, _json_default, app, err, out
+from .cli import (
+    BackgroundOpt,
+    CompileOpt,
+    DeviceOpt,
+    WeightsOpt,
+    _build_suite,
+    _fmt,
+    _json_default,
+    app,
+    err,
+    out,
+)
 from .outcome import EXIT_CODES_HELP, ExitCode
 
 
@@ -85,13 +96,7 @@ def tune(
     no_sharpen: Annotated[
         bool, typer.Option("--no-sharpen", help="Keep sharpening at 1.0.")
     ] = False,
-    background: Annotated[
-        str | None,
-        typer.Option(
-            help="Colour (white, black, #RRGGBB) to flatten transparency onto, which allows JPEG "
-            "for images with alpha."
-        ),
-    ] = None,
+    background: BackgroundOpt = None,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL (default sqlite:///studies/<name>.db).")
     ] = None,
