@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import math
 import platform
 import statistics
 import sys
@@ -190,6 +191,16 @@ def run(
         if best is not None:
             name = f"best single {codec} quality (q{best.candidate.quality})"
             alternatives.append(_alt(name, best, target))
+        else:
+            alternatives.append(
+                {
+                    "name": f"best single {codec} quality: none of {lo}-{hi} meets the target "
+                    "(default options)",
+                    "bytes": math.nan,
+                    "meets": False,
+                    "worst": None,
+                }
+            )
     jr = jpeg_bisection(corpus, target, suite, max_width, max_height)
     op = optimize_run(
         corpus, target, suite, chosen, "imgtune optimize (per image)", max_width, max_height
@@ -267,6 +278,9 @@ def table(res: dict, command: str) -> list[str]:
     ]
     for a in res["alternatives"]:
         worst = f"{a['worst']:.2f}" if a.get("worst") is not None else "(per image)"
+        if math.isnan(a["bytes"]):
+            lines.append(f"| {a['name']} | no | - | - | - |")
+            continue
         lines.append(
             f"| {a['name']} | {'yes' if a['meets'] else 'no'} | {worst} | {int(a['bytes']):,} | "
             f"{100 * (a['bytes'] / o_bytes - 1):+.1f}% |"

@@ -59,7 +59,13 @@ def tune(
     aggregate: Annotated[
         str, typer.Option(help="How the set meets the target: min (every image), mean, or pNN.")
     ] = "min",
-    trials: Annotated[int, typer.Option(help="Trials to run (added to a resumed study).")] = 40,
+    trials: Annotated[
+        int,
+        typer.Option(
+            help="Trials to run (added to a resumed study). A bisect trial scores ~4-5 "
+            "qualities of one recipe; tpe needs about 4x as many trials (benchmarks/RESULTS.md)."
+        ),
+    ] = 20,
     timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: repeatable study on one machine.")] = None,
     codecs: Annotated[
@@ -73,10 +79,11 @@ def tune(
     strategy: Annotated[
         str,
         typer.Option(
-            help="tpe: Optuna samples every dimension; bisect: Optuna samples the recipe and "
-            "each recipe's quality is found by bisection with interpolation."
+            help="bisect (default): Optuna samples the recipe and each recipe's quality is "
+            "found by bisection with interpolation; tpe: Optuna samples every dimension "
+            "(fewer encodes per trial, larger results at equal time on the samples)."
         ),
-    ] = "tpe",
+    ] = "bisect",
     quality_range: Annotated[
         str | None,
         typer.Option(
