@@ -586,7 +586,7 @@ class RunSummary:
 
 
 def _clean_partials(out_root: Path) -> None:
-    """Remove temp files a killed run left (atomic writes name them .NAME.XXXX.part)."""
+    """Remove temp files a killed run left (atomic writes name them .NAME.<random>.part)."""
     if out_root.is_dir():
         for p in out_root.rglob(".*.part"):
             p.unlink(missing_ok=True)

@@ -117,13 +117,8 @@ def _downsample(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, kernel_size=2, padding=[s % 2 for s in x.shape[2:]])
 
 
-class SSIM(Metric):
-    """Mean SSIM (Gaussian window 11, sigma 1.5, K 0.01/0.03, population covariance), averaged
-    over channels, and `ssim_p5`: the 5th percentile of SSIM over ~32x32 tiles (worst region)."""
-
-    name = "ssim"
-    outputs = (OUTPUTS["ssim"], OUTPUTS["ssim_p5"])
-    min_side = WIN_SIZE
+class _Banded(Metric):
+    """SSIM and MS-SSIM: statistics in row bands of `band_bytes`; `compile` fuses each band."""
 
     def __init__(
         self, device="auto", *, band_bytes: int = BAND_BYTES, compile: bool = False
@@ -131,6 +126,15 @@ class SSIM(Metric):
         super().__init__(device)
         self.band_bytes = band_bytes
         self._band = compiled(_ssim_band) if compile else _ssim_band
+
+
+class SSIM(_Banded):
+    """Mean SSIM (Gaussian window 11, sigma 1.5, K 0.01/0.03, population covariance), averaged
+    over channels, and `ssim_p5`: the 5th percentile of SSIM over ~32x32 tiles (worst region)."""
+
+    name = "ssim"
+    outputs = (OUTPUTS["ssim"], OUTPUTS["ssim_p5"])
+    min_side = WIN_SIZE
 
     def prepare(self, reference: torch.Tensor) -> _Level:
         return _prepare_level(
@@ -152,20 +156,13 @@ class SSIM(Metric):
         }
 
 
-class MSSSIM(Metric):
+class MSSSIM(_Banded):
     """MS-SSIM with the standard five scales and weights; images whose smaller side is 160 or
     less use fewer scales (see `ms_ssim_levels`) with the leading weights renormalised to sum 1."""
 
     name = "ms_ssim"
     outputs = (OUTPUTS["ms_ssim"],)
     min_side = WIN_SIZE
-
-    def __init__(
-        self, device="auto", *, band_bytes: int = BAND_BYTES, compile: bool = False
-    ) -> None:
-        super().__init__(device)
-        self.band_bytes = band_bytes
-        self._band = compiled(_ssim_band) if compile else _ssim_band
 
     def prepare(self, reference: torch.Tensor) -> list[_Level]:
         win = _window(reference.device, reference.dtype)
