@@ -195,6 +195,17 @@ def _sharp(p: _P) -> str:
     )
 
 
+def _shell(p: _P, notes: list[str], command: str) -> str:
+    """A shell exporter's text: the preset as a comment, one comment per note, the command."""
+    head = [f"# imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
+    return "\n".join([*head, *(f"# note: {n}" for n in notes), command]) + "\n"
+
+
+def _quote(args: list[str]) -> str:
+    """Shell-quote arguments, leaving the {input}/{output} placeholders for `render`."""
+    return " ".join(a if "{" in a else shlex.quote(a) for a in args)
+
+
 def _vips_save_opts(p: _P) -> tuple[str, list[str]]:
     notes = []
     if p.codec == "jpeg":
@@ -258,10 +269,7 @@ def _vipsthumbnail(p: _P) -> str:
     w = p.max_w or 10_000_000
     h = p.max_h or 10_000_000
     size = f"{w}x{h}>" if p.resized else "10000000x10000000>"
-    lines = [f"# imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
-    lines += [f"# note: {n}" for n in notes]
-    lines.append(f"vipsthumbnail {{input}} --size '{size}' -o '{{output}}[{opts}]'")
-    return "\n".join(lines) + "\n"
+    return _shell(p, notes, f"vipsthumbnail {{input}} --size '{size}' -o '{{output}}[{opts}]'")
 
 
 def _cwebp(p: _P) -> str:
@@ -290,9 +298,7 @@ def _cwebp(p: _P) -> str:
         )
     notes.append("cwebp does not apply EXIF orientation")
     args += ["{input}", "-o", "{output}"]
-    lines = [f"# imgtune preset: webp q{p.quality}; target {p.target}"]
-    lines += [f"# note: {n}" for n in notes]
-    return "\n".join(lines) + "\n" + " ".join(args) + "\n"
+    return _shell(p, notes, " ".join(args))
 
 
 def _avifenc(p: _P) -> str:
@@ -316,9 +322,7 @@ def _avifenc(p: _P) -> str:
         "-s", str(p.options.get("speed", 6)), "-y", yuv, "--ignore-exif", "--ignore-xmp",
         "{input}", "{output}",
     ]  # fmt: skip
-    lines = [f"# imgtune preset: avif q{p.quality}; target {p.target}"]
-    lines += [f"# note: {n}" for n in notes]
-    return "\n".join(lines) + "\n" + " ".join(args) + "\n"
+    return _shell(p, notes, " ".join(args))
 
 
 def _cjpeg(p: _P) -> str:
@@ -339,10 +343,7 @@ def _cjpeg(p: _P) -> str:
     if p.background:
         pre += ["-background", p.bg_hex(), "-flatten"]
     pre.append("pnm:-")
-    lines = [f"# imgtune preset: jpeg q{p.quality}; target {p.target}"]
-    lines += [f"# note: {n}" for n in notes]
-    quoted = " ".join(a if "{" in a else shlex.quote(a) for a in pre)
-    return "\n".join(lines) + "\n" + quoted + " | " + " ".join(args) + " > {output}\n"
+    return _shell(p, notes, _quote(pre) + " | " + " ".join(args) + " > {output}")
 
 
 def _magick(p: _P) -> str:
@@ -371,14 +372,7 @@ def _magick(p: _P) -> str:
         args += ["-quality", str(p.quality)]
     args += ["-strip", "{output}"]
     notes.append("ImageMagick 6 spells the command `convert` with the same arguments")
-    lines = [f"# imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
-    lines += [f"# note: {n}" for n in notes]
-    return (
-        "\n".join(lines)
-        + "\n"
-        + " ".join(shlex.quote(a) if "{" not in a else a for a in args)
-        + "\n"
-    )
+    return _shell(p, notes, _quote(args))
 
 
 def _json(p: _P, preset: dict[str, Any]) -> str:
