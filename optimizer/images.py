@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ __all__ = [
     "ImageError",
     "NotAFileError",
     "NotAnImageError",
+    "OutOfMemoryError",
     "SourceImage",
     "TooManyPixelsError",
     "TooSmallError",
@@ -79,6 +81,10 @@ class TruncatedImageError(ImageError):
 
 class TooManyPixelsError(ImageError):
     reason = "has more pixels than the decompression-bomb limit"
+
+
+class OutOfMemoryError(TooManyPixelsError):
+    reason = "is too large to decode in the memory available"
 
 
 class TooSmallError(ImageError):
@@ -156,16 +162,32 @@ def _allow_pixels(max_pixels: int) -> None:
 
 
 def _check_path(path: Path) -> int:
-    if path.is_symlink() and not path.exists():
-        raise BrokenLinkError(path, f"points to {os.readlink(path)}")
-    if not path.exists():
-        raise NotAFileError(path, "no such file")
-    if not path.is_file():
-        raise NotAFileError(path)
-    size = path.stat().st_size
+    try:
+        if path.is_symlink() and not path.exists():
+            raise BrokenLinkError(path, f"points to {os.readlink(path)}")
+        if not path.exists():
+            raise NotAFileError(path, "no such file")
+        if not path.is_file():
+            raise NotAFileError(path)
+        size = path.stat().st_size
+    except FileNotFoundError as exc:  # removed (or a link re-pointed) while we looked
+        raise NotAFileError(path, "no such file") from exc
+    except OSError as exc:
+        # is_symlink()/exists() pass some errors through (a name too long, a folder we may not
+        # enter, an I/O error); none of them is a fact about the image, so no subclass fits.
+        raise ImageError(path, f"cannot be read: {exc.strerror or exc}") from exc
     if size == 0:
         raise EmptyFileError(path)
     return size
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise NotAFileError(path, "no such file") from exc
+    except OSError as exc:  # permission, I/O error, or replaced by a folder since the check
+        raise ImageError(path, f"cannot be read: {exc.strerror or exc}") from exc
 
 
 def _to_srgb(im: Image.Image, notes: list[str]) -> Image.Image:
@@ -180,7 +202,12 @@ def _to_srgb(im: Image.Image, notes: list[str]) -> Image.Image:
     except (OSError, ImageCms.PyCMSError):
         notes.append("embedded ICC profile unreadable; pixels taken as sRGB")
         return im.convert("RGB") if im.mode == "CMYK" else im
-    desc = (ImageCms.getProfileDescription(src) or "").strip()
+    try:
+        desc = (ImageCms.getProfileDescription(src) or "").strip()
+    except ImageCms.PyCMSError:
+        # A description byte over 0x7F reaches Python as a negative code point (ValueError, as
+        # PyCMSError); lcms parsed the rest of the profile, so it can still convert.
+        desc = ""
     if "srgb" in desc.lower() and im.mode != "CMYK":
         return im
     if im.mode in ("L", "LA"):
@@ -204,9 +231,11 @@ def _to_srgb(im: Image.Image, notes: list[str]) -> Image.Image:
 
 def _to_8bit(im: Image.Image, path: Path, notes: list[str]) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im, dtype=np.float64)
         # 16-bit containers hold 0..65535; round-to-nearest division by 257 maps it onto 0..255.
-        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        # In integers, (x + 128) // 257 is exactly rint(x / 257) (257 is odd: no ties), and it
+        # needs 4 bytes a pixel per temporary where float64 took 8: half the peak memory.
+        arr = np.clip(np.asarray(im), 0, 65535).astype(np.uint32)
+        arr = ((arr + 128) // 257).astype(np.uint8)
         notes.append("16-bit grey scaled to 8-bit")
         return Image.fromarray(arr, "L")
     if im.mode == "F":
@@ -234,6 +263,115 @@ def _drop_opaque_alpha(arr: np.ndarray, notes: list[str]) -> np.ndarray:
     return arr
 
 
+#: What Pillow raises on bytes that are not a valid image. It documents OSError (with
+#: UnidentifiedImageError), SyntaxError, ValueError and EOFError, but its format plugins parse
+#: headers in Python and let the parser's own errors through: struct.error and IndexError on
+#: short reads, KeyError and TypeError on missing tags (TIFF's "Missing dimensions"),
+#: ZeroDivisionError and OverflowError on zero or absurd sizes. Image.open turns some of these
+#: into UnidentifiedImageError, but only while it identifies the format: seek() (counting frames)
+#: and load() run the same parsing code again, unguarded. The AVIF plugin reports libavif's
+#: failures as RuntimeError. Around the decode step each of them means "these bytes are not a
+#: valid image", and the try blocks that catch them hold Pillow calls only.
+_CORRUPT: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ArithmeticError,
+    RuntimeError,
+)
+
+#: What a damaged EXIF block raises while Pillow parses it (the same parser errors as above).
+_EXIF_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ArithmeticError,
+)
+
+#: Formats whose signature Pillow checks byte for byte: a file that starts with one of them and
+#: still cannot be opened is a damaged file of that format, and its parser can say why.
+_SIGNED_FORMATS = ("PNG", "JPEG", "GIF", "TIFF", "WEBP", "AVIF", "JPEG2000")
+
+
+def _describe(exc: BaseException) -> str:
+    if exc.args and isinstance(exc.args[0], BaseException):
+        return _describe(exc.args[0])  # ImageFile wraps a parser's error: SyntaxError(KeyError(5))
+    text = " ".join(str(exc).split())  # one line, whatever the plugin put in its message
+    if text and isinstance(exc, (OSError, SyntaxError, ValueError, EOFError, RuntimeError)):
+        return text
+    # A parser's own error says little without its type ("index out of range", "57325").
+    kind = type(exc).__name__
+    if type(exc).__module__ != "builtins":
+        kind = f"{type(exc).__module__}.{kind}"  # struct.error, not "error"
+    return f"{kind}: {text}" if text else kind
+
+
+def _signature(data: bytes) -> str | None:
+    """The format whose signature `data` starts with, among those Pillow checks strictly."""
+    Image.init()
+    for fmt in _SIGNED_FORMATS:
+        accept = Image.OPEN[fmt][1] if fmt in Image.OPEN else None
+        if accept is not None and accept(data[:16]) is True:
+            return fmt
+    return None
+
+
+def _why_unidentified(data: bytes) -> str:
+    """'reading the PNG header: <why>' when `data` has a signature Pillow knows but could not
+    open (Image.open only says "cannot identify"), else ''."""
+    fmt = _signature(data)
+    if fmt is None:
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.OPEN[fmt][0](io.BytesIO(data)).close()
+    except Exception as exc:  # any type: only its words are wanted, for the message
+        return f"reading the {fmt} header: {_describe(exc)}"
+    return ""
+
+
+def _out_of_memory(path: Path, im: Image.Image | None, step: str) -> OutOfMemoryError:
+    # Not a decompression bomb by our count, but the same cause (too many pixels for this
+    # machine), so a subclass of it: refused by name instead of killing the whole run.
+    if im is None:
+        return OutOfMemoryError(path, f"ran out of memory {step}")
+    w, h = im.size
+    return OutOfMemoryError(path, f"{w}x{h} = {w * h:,} pixels; ran out of memory {step}")
+
+
+def _to_pixels(im: Image.Image, path: Path, notes: list[str]) -> np.ndarray:
+    try:
+        oriented = ImageOps.exif_transpose(im)
+    except _EXIF_ERRORS as exc:
+        # A broken EXIF block must not cost the user the image: keep the stored orientation.
+        notes.append(f"EXIF unreadable ({_describe(exc)}); orientation left as stored")
+        oriented = im
+    orientation = _exif_orientation(im)
+    # exif_transpose returns a copy even when it does nothing: only 2..8 name a transposition.
+    if oriented is not im and orientation in range(2, 9):
+        notes.append(f"EXIF orientation {orientation} applied")
+    elif oriented is not im and orientation not in (None, 1):
+        notes.append(f"EXIF orientation {orientation} is not a valid value; left as stored")
+    eight = _to_8bit(oriented, path, notes)
+    srgb = _to_srgb(eight, notes)
+    if srgb.mode == "CMYK":
+        srgb = srgb.convert("RGB")
+    arr = np.asarray(srgb, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return _drop_opaque_alpha(np.ascontiguousarray(arr), notes)
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -246,56 +384,56 @@ def load(
     Raises a subclass of `ImageError` whose message names the file and the reason. `min_side` is
     the smallest width/height the caller's metrics can score (11 for SSIM's window).
     `animated="first"` takes the first frame (and says so in `notes`); the default refuses.
+    Damaged files raise `TruncatedImageError` saying which step failed and why; a decode that
+    runs out of memory raises `OutOfMemoryError` (a `TooManyPixelsError`: the same cure).
     """
     path = Path(path)
     size = _check_path(path)
-    data = path.read_bytes()
+    data = _read(path)
     notes: list[str] = []
     _allow_pixels(max_pixels)
+    im: Image.Image | None = None
+    step = "reading the header"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-        w, h = im.size
-        if w * h > max_pixels:
-            raise TooManyPixelsError(
-                path, f"{w}x{h} = {w * h:,} pixels > {max_pixels:,}; raise it with --max-pixels"
-            )
-        fmt = im.format or "unknown"
-        frames = getattr(im, "n_frames", 1)
-        if frames > 1 and getattr(im, "is_animated", False):
-            if animated == "refuse":
-                raise AnimatedImageError(
-                    path, f"{frames} frames; pass --animated first to use the first frame"
+            w, h = im.size
+            if w * h > max_pixels:
+                raise TooManyPixelsError(
+                    path,
+                    f"{w}x{h} = {w * h:,} pixels > {max_pixels:,}; raise it with --max-pixels",
                 )
-            notes.append(f"animated ({frames} frames): first frame used")
-        im.load()
+            fmt = im.format or "unknown"
+            step = "counting the frames"
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1 and getattr(im, "is_animated", False):
+                if animated == "refuse":
+                    raise AnimatedImageError(
+                        path, f"{frames} frames; pass --animated first to use the first frame"
+                    )
+                notes.append(f"animated ({frames} frames): first frame used")
+            step = "decoding the pixels"
+            im.load()
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
-        raise NotAnImageError(path) from exc
+        raise NotAnImageError(path, _why_unidentified(data)) from exc
     except Image.DecompressionBombError as exc:
         raise TooManyPixelsError(path, str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise TruncatedImageError(path, str(exc)) from exc
+    except MemoryError as exc:
+        raise _out_of_memory(path, im, step) from exc
+    except NotImplementedError as exc:
+        raise UnsupportedImageError(path, f"{step}: {_describe(exc)}") from exc
+    except _CORRUPT as exc:
+        if im is None and (signed := _signature(data)):
+            step = f"reading the {signed} header"
+        raise TruncatedImageError(path, f"{step}: {_describe(exc)}") from exc
 
     try:
-        oriented = ImageOps.exif_transpose(im)
-    except (OSError, ValueError, KeyError, TypeError, SyntaxError) as exc:
-        # A broken EXIF block must not cost the user the image: keep the stored orientation.
-        notes.append(f"EXIF unreadable ({exc}); orientation left as stored")
-        oriented = im
-    orientation = _exif_orientation(im)
-    if orientation not in (None, 1) and oriented is not im:
-        notes.append(f"EXIF orientation {orientation} applied")
-    eight = _to_8bit(oriented, path, notes)
-    srgb = _to_srgb(eight, notes)
-    if srgb.mode == "CMYK":
-        srgb = srgb.convert("RGB")
-    arr = np.asarray(srgb, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    arr = _drop_opaque_alpha(np.ascontiguousarray(arr), notes)
+        arr = _to_pixels(im, path, notes)
+    except MemoryError as exc:
+        raise _out_of_memory(path, im, "converting to 8-bit sRGB") from exc
     if min(arr.shape[0], arr.shape[1]) < min_side:
         raise TooSmallError(
             path, f"{arr.shape[1]}x{arr.shape[0]}; the metrics need at least {min_side}x{min_side}"
@@ -313,7 +451,7 @@ def load(
 def _exif_orientation(im: Image.Image) -> int | None:
     try:
         return im.getexif().get(0x0112)
-    except (OSError, ValueError, SyntaxError):
+    except _EXIF_ERRORS:
         return None
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import subprocess
+import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -24,7 +28,7 @@ from optimizer.images import (
     load,
 )
 
-from .conftest import SAMPLES, adobe_rgb_like_icc
+from .conftest import ROOT, SAMPLES, adobe_rgb_like_icc
 
 
 def _png(path, im):
@@ -234,3 +238,185 @@ def test_walk_skips_non_images_and_symlink_loops(tmp_path):
     os.symlink(tmp_path, tmp_path / "sub" / "loop")
     found = [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path)]
     assert found == ["b.JPG", "sub/a.png"]
+
+
+# Regressions found by tests/test_fuzz_inputs.py: each of these escaped `load` as a bare
+# Pillow/Python exception (named in the test) instead of a typed ImageError.
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _two_page_tiff_second_without_size() -> bytes:
+    """A 1x1 grey TIFF whose second IFD has no ImageWidth/ImageLength."""
+
+    def ifd(entries, next_at):
+        body = b"".join(struct.pack("<HHII", *e) for e in entries)
+        return struct.pack("<H", len(entries)) + body + struct.pack("<I", next_at)
+
+    second_at = 8 + 2 + 12 * 8 + 4
+    pixel_at = second_at + 2 + 12 + 4
+    first = [
+        (256, 3, 1, 1),  # ImageWidth
+        (257, 3, 1, 1),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 1),  # PhotometricInterpretation: black is zero
+        (273, 4, 1, pixel_at),  # StripOffsets
+        (278, 3, 1, 1),  # RowsPerStrip
+        (279, 4, 1, 1),  # StripByteCounts
+    ]
+    return b"II*\0" + struct.pack("<I", 8) + ifd(first, second_at) + ifd([first[3]], 0) + b"\x80"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "old"),
+    [
+        # Counting frames seeks to page 2, whose parser raises TypeError("Missing dimensions").
+        ("two-page.tif", _two_page_tiff_second_without_size(), "TypeError"),
+        # A 1x1 GIF whose trailer is replaced by an extension introducer: counting frames reads
+        # past the end and indexes an empty byte string (IndexError).
+        (
+            "bang.gif",
+            b"GIF87a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00,\x00\x00\x00\x00"
+            b"\x01\x00\x01\x00\x00\x08\x04\x00\x01\x04\x04\x00!",
+            "IndexError",
+        ),
+    ],
+)
+def test_a_broken_later_frame_is_corrupt_not_a_crash(tmp_path, name, data, old):
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(TruncatedImageError) as e:
+        load(p)
+    _assert_names(e, p)
+    assert "counting the frames" in str(e.value) and old in str(e.value)
+
+
+def _avif(tmp_path, damage) -> os.PathLike:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "AVIF", speed=10, max_threads=1)
+    data = bytearray(buf.getvalue())
+    damage(data)
+    p = tmp_path / "bad.avif"
+    p.write_bytes(bytes(data))
+    return p
+
+
+def _zero_coded_data(data: bytearray) -> None:
+    at = data.index(b"mdat") - 4
+    (size,) = struct.unpack(">I", data[at : at + 4])
+    data[at + 8 : at + size] = bytes(size - 8)
+
+
+def _break_item_info(data: bytearray) -> None:
+    at = data.index(b"infe")
+    data[at + 8 : at + 10] = b"\xff\xff"  # the item's id: no longer the primary item
+
+
+@pytest.mark.parametrize(
+    ("damage", "step"),
+    [(_zero_coded_data, "decoding the pixels"), (_break_item_info, "reading the AVIF header")],
+)
+def test_avif_decoder_failure_is_corrupt_not_runtime_error(tmp_path, damage, step):
+    # libavif's failures reach Python as RuntimeError, at open and at load.
+    p = _avif(tmp_path, damage)
+    with pytest.raises(TruncatedImageError) as e:
+        load(p)
+    _assert_names(e, p)
+    assert step in str(e.value) and "Failed to decode" in str(e.value)
+
+
+def test_a_row_of_exactly_the_pixel_limit_that_pillow_cannot_allocate(tmp_path):
+    # 89,478,485 x 1 RGBA is within the limit, but Pillow's decoder refuses a line that long
+    # with a bare MemoryError (its line buffer would pass INT_MAX bytes).
+    ihdr = struct.pack(">IIBBBBB", images.DEFAULT_MAX_PIXELS, 1, 8, 6, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 16)
+    p = tmp_path / "row.png"
+    p.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+    with pytest.raises(TooManyPixelsError) as e:
+        load(p)
+    _assert_names(e, p)
+    assert "89478485x1" in str(e.value) and "ran out of memory" in str(e.value)
+
+
+def test_running_out_of_memory_is_a_typed_error(tmp_path):
+    # A valid 6000x6000 RGBA image (144 MB decoded) in a process allowed 120 MB more than it
+    # already has: the allocation fails for real, inside Pillow or numpy.
+    p = tmp_path / "big.png"
+    Image.new("RGBA", (6000, 6000), (1, 2, 3, 4)).save(p, compress_level=1)
+    code = (
+        "import resource, sys\n"
+        "from optimizer.images import load, TooManyPixelsError\n"
+        "vm = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) << 10\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (120 << 20),) * 2)\n"
+        "try:\n"
+        "    load(sys.argv[1])\n"
+        "except TooManyPixelsError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(p)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert str(p) in out.stdout and "6000x6000" in out.stdout and "ran out of memory" in out.stdout
+
+
+def test_a_path_the_system_refuses_is_a_typed_error(tmp_path):
+    p = tmp_path / ("x" * 300 + ".png")  # longer than any file name may be (ENAMETOOLONG)
+    with pytest.raises(images.ImageError) as e:
+        load(p)
+    _assert_names(e, p)
+    assert "cannot be read" in str(e.value)
+
+
+def test_a_png_with_a_damaged_header_says_why(tmp_path):
+    # Pillow only says "cannot identify image file"; the PNG parser knows what is wrong.
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[29] ^= 1  # IHDR's CRC
+    p = tmp_path / "crc.png"
+    p.write_bytes(bytes(data))
+    with pytest.raises(NotAnImageError) as e:
+        load(p)
+    _assert_names(e, p)
+    assert "reading the PNG header" in str(e.value) and "checksum" in str(e.value)
+
+
+def test_16bit_rounding_is_round_to_nearest():
+    values = np.array([[0, 128, 129, 25828, 25829, 65406, 65407, 65535]], dtype=np.uint16)
+    out = images._to_8bit(Image.fromarray(values), None, [])
+    expected = np.rint(values / 257.0).astype(np.uint8)
+    assert np.asarray(out).tolist() == expected.tolist() == [[0, 0, 1, 100, 101, 254, 255, 255]]
+
+
+def test_an_invalid_exif_orientation_is_not_reported_as_applied(tmp_path):
+    # Found by the fuzzer as "EXIF orientation 4102 applied": exif_transpose returns a copy
+    # even when the value names no transposition, and the note took the copy for a rotation.
+    exif = Image.Exif()
+    exif[0x0112] = 9
+    p = tmp_path / "nine.jpg"
+    Image.new("RGB", (40, 20), (9, 9, 9)).save(p, exif=exif)
+    src = load(p)
+    assert (src.width, src.height) == (40, 20)
+    assert not any("applied" in n for n in src.notes)
+    assert any("orientation 9 is not a valid value" in n for n in src.notes)
+
+
+def test_an_icc_description_with_a_high_byte_still_converts(tmp_path):
+    # Found by the fuzzer (seed 3): getProfileDescription raised PyCMSError ("character
+    # U+ffffffd5 is not in range") out of load. The profile itself is fine: it converts.
+    icc = adobe_rgb_like_icc().replace(b"Adobe RGB like", b"\xd5dobe RGB like")
+    p = tmp_path / "d5.png"
+    Image.new("RGB", (20, 20), (0, 200, 0)).save(p, icc_profile=icc)
+    src = load(p)
+    assert "converted from ICC profile 'unnamed' to sRGB" in src.notes
+    r, g, b = (int(v) for v in src.pixels[0, 0])
+    assert g > 200 and b < 60 and (r, g, b) != (0, 200, 0)
