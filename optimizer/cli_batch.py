@@ -366,15 +366,21 @@ def export(
         ),
     ],
     input: Annotated[
-        str | None, typer.Option(help="Fill the command's input placeholder with this path.")
+        str | None,
+        typer.Option(help="Fill the command's {input} placeholder with this path, shell-quoted."),
     ] = None,
     output: Annotated[
-        str | None, typer.Option(help="Fill the command's output placeholder with this path.")
+        str | None,
+        typer.Option(help="Fill the command's {output} placeholder with this path, shell-quoted."),
     ] = None,
 ) -> None:
     """Print PRESET's recipe for an asset pipeline tool. Settings a tool cannot express exactly
     (a resize kernel, Pillow's sharpening, a different quality scale) are named in comments,
-    with the nearest documented equivalent used."""
+    with the nearest documented equivalent used. Commands are printed for POSIX sh (bash, dash,
+    zsh) with paths quoted: each word holding an --input or --output path (derived names and
+    option suffixes included) is quoted whole, so spaces, quotes, ; or $(...) in a path stay part
+    of the file name, and a path starting with - is printed as ./-name. Without --input/--output
+    the {input} and {output} placeholders stay, to fill in."""
     from .export import FORMATS, render
     from .presets import read_preset
 

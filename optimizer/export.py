@@ -3,8 +3,9 @@
 Each renderer returns text: a command line, a code snippet or a config. Where a tool has no exact
 equivalent of a setting (a resize kernel, Pillow's sharpening model, a quality scale that
 differs), the output says so in a comment and uses the nearest documented equivalent; it never
-pretends. `{input}` and `{output}` in commands are placeholders (`render(..., input=, output=)`
-fills them).
+pretends. Commands are for POSIX sh (bash, dash, zsh). `{input}` and `{output}` in them are
+placeholders; `render(..., input=, output=)` fills them argument by argument, each word that holds a
+path (`OUT`, `OUT.tmp.v`, `OUT[Q=80]`) quoted whole, so no path can split a word or run anything.
 
 Pillow's settings, for reference: quality is each codec's own 0-100 scale (libjpeg quality,
 libwebp quality, libavif quality); `sharpen` is `ImageEnhance.Sharpness(f)`: a blend between the
@@ -15,6 +16,8 @@ fits inside `max_size` without enlarging, on premultiplied alpha, after EXIF ori
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +42,10 @@ _INEXACT_KERNEL = {
 class _P:
     """The preset's recipe, flattened for the renderers."""
 
-    def __init__(self, preset: dict[str, Any]) -> None:
+    def __init__(
+        self, preset: dict[str, Any], input: str | None = None, output: str | None = None
+    ) -> None:
+        self.input, self.output = input, output  # None: leave the placeholder
         params = preset["params"]
         self.codec: str = params["codec"]
         self.quality: int = int(params["quality"])
@@ -201,9 +207,38 @@ def _shell(p: _P, notes: list[str], command: str) -> str:
     return "\n".join([*head, *(f"# note: {n}" for n in notes), command]) + "\n"
 
 
-def _quote(args: list[str]) -> str:
-    """Shell-quote arguments, leaving the {input}/{output} placeholders for `render`."""
-    return " ".join(a if "{" in a else shlex.quote(a) for a in args)
+class _Op(str):
+    """Shell syntax, printed unquoted."""
+
+
+PIPE, AND, TO = _Op("|"), _Op("&&"), _Op(">")
+_PLACEHOLDER = re.compile(r"\{(input|output)\}")
+
+
+def _word(p: _P, template: str) -> str:
+    """One shell word: `template` with {input}/{output} replaced by the user's paths, quoted as a
+    whole. One pass, so a path that itself contains "{output}" is left as it is. A path starting
+    with `-` gets `./`, or the tool would read it as an option. An unfilled placeholder stays for
+    the user to fill: bare when nothing else in the word needs quotes (`{output}.mask.mat`), else
+    inside the word's quotes (`'{output}[Q=80]'`)."""
+    parts: list[tuple[str, bool]] = []  # (text, is an unfilled placeholder)
+    at = 0
+    for m in _PLACEHOLDER.finditer(template):
+        path = getattr(p, m[1])
+        if path is not None and path.startswith("-"):
+            path = "./" + path
+        parts += [(template[at : m.start()], False), (m[0] if path is None else path, path is None)]
+        at = m.end()
+    parts.append((template[at:], False))
+    text = "".join(t for t, _ in parts)
+    if text and all(hole or shlex.quote(t) == t for t, hole in parts if t):
+        return text
+    return shlex.quote(text)
+
+
+def _cmd(p: _P, *args: str) -> str:
+    """A command line from argument templates and `_Op`s."""
+    return " ".join(a if isinstance(a, _Op) else _word(p, a) for a in args)
 
 
 def _vips_save_opts(p: _P) -> tuple[str, list[str]]:
@@ -237,29 +272,30 @@ def _vips(p: _P) -> str:
             f"vips thumbnail resizes with lanczos3 (imgtune used {p.filter}); `vips resize "
             f"--kernel {_KERNELS[p.filter][1]}` takes a scale factor instead of a box"
         )
-    # thumbnail applies EXIF orientation and never enlarges; a huge box when not resizing
-    thumb = f"vips thumbnail {{input}} {{dest}} {w} --height {h} --size down"
-    lines = [f"# imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
-    if note:
-        notes.append(note)
-        lines += [f"# note: {n}" for n in notes]
-        dest = f"'{{output}}[{opts}]'"
-        k = _sharpen_kernel(p)
-        mask = "3 3 1 0\\n" + "\\n".join(
-            " ".join(f"{v:.6f}" for v in k[r * 3 : r * 3 + 3]) for r in range(3)
-        )
-        lines.append(
-            f"printf '{mask}\\n' > {{output}}.mask.mat && "
-            + thumb.replace("{dest}", "{output}.tmp.v")
-            + " && vips conv {output}.tmp.v {output}.conv.v {output}.mask.mat"
-            " --precision float"
-            + f" && vips cast {{output}}.conv.v {dest} uchar"
-            + " && rm {output}.tmp.v {output}.conv.v {output}.mask.mat"
-        )
-    else:
-        lines += [f"# note: {n}" for n in notes]
-        lines.append(thumb.replace("{dest}", f"'{{output}}[{opts}]'"))
-    return "\n".join(lines) + "\n"
+    dest = f"{{output}}[{opts}]"
+
+    def thumb(to: str) -> list[str]:
+        # thumbnail applies EXIF orientation and never enlarges; a huge box when not resizing
+        return ["vips", "thumbnail", "{input}", to, str(w), "--height", str(h), "--size", "down"]
+
+    if not note:
+        return _shell(p, notes, _cmd(p, *thumb(dest)))
+    notes.append(note)
+    k = _sharpen_kernel(p)
+    mask = "3 3 1 0\\n" + "\\n".join(
+        " ".join(f"{v:.6f}" for v in k[r * 3 : r * 3 + 3]) for r in range(3)
+    )
+    tmp, conv, mat = "{output}.tmp.v", "{output}.conv.v", "{output}.mask.mat"
+    return _shell(
+        p,
+        notes,
+        _cmd(
+            p,
+            *("printf", mask + "\\n", TO, mat, AND, *thumb(tmp), AND),
+            *("vips", "conv", tmp, conv, mat, "--precision", "float", AND),
+            *("vips", "cast", conv, dest, "uchar", AND, "rm", tmp, conv, mat),
+        ),
+    )
 
 
 def _vipsthumbnail(p: _P) -> str:
@@ -269,7 +305,14 @@ def _vipsthumbnail(p: _P) -> str:
     w = p.max_w or 10_000_000
     h = p.max_h or 10_000_000
     size = f"{w}x{h}>" if p.resized else "10000000x10000000>"
-    return _shell(p, notes, f"vipsthumbnail {{input}} --size '{size}' -o '{{output}}[{opts}]'")
+    dest = _word(p, f"{{output}}[{opts}]")
+    if p.output is None:
+        notes.append(
+            "vipsthumbnail puts a relative -o path in the input's folder: use an absolute one"
+        )
+    elif not os.path.isabs(p.output):
+        dest = '"$PWD"/' + dest  # vipsthumbnail would put it in the input's folder
+    return _shell(p, notes, _cmd(p, "vipsthumbnail", "{input}", "--size", size, "-o") + " " + dest)
 
 
 def _cwebp(p: _P) -> str:
@@ -298,7 +341,7 @@ def _cwebp(p: _P) -> str:
         )
     notes.append("cwebp does not apply EXIF orientation")
     args += ["{input}", "-o", "{output}"]
-    return _shell(p, notes, " ".join(args))
+    return _shell(p, notes, _cmd(p, *args))
 
 
 def _avifenc(p: _P) -> str:
@@ -322,7 +365,7 @@ def _avifenc(p: _P) -> str:
         "-s", str(p.options.get("speed", 6)), "-y", yuv, "--ignore-exif", "--ignore-xmp",
         "{input}", "{output}",
     ]  # fmt: skip
-    return _shell(p, notes, " ".join(args))
+    return _shell(p, notes, _cmd(p, *args))
 
 
 def _cjpeg(p: _P) -> str:
@@ -343,7 +386,7 @@ def _cjpeg(p: _P) -> str:
     if p.background:
         pre += ["-background", p.bg_hex(), "-flatten"]
     pre.append("pnm:-")
-    return _shell(p, notes, _quote(pre) + " | " + " ".join(args) + " > {output}")
+    return _shell(p, notes, _cmd(p, *pre, PIPE, *args, TO, "{output}"))
 
 
 def _magick(p: _P) -> str:
@@ -372,7 +415,7 @@ def _magick(p: _P) -> str:
         args += ["-quality", str(p.quality)]
     args += ["-strip", "{output}"]
     notes.append("ImageMagick 6 spells the command `convert` with the same arguments")
-    return _shell(p, notes, _quote(args))
+    return _shell(p, notes, _cmd(p, *args))
 
 
 def _json(p: _P, preset: dict[str, Any]) -> str:
@@ -432,14 +475,10 @@ FORMATS: tuple[str, ...] = tuple(_RENDERERS)
 def render(
     preset: dict[str, Any], fmt: str, *, input: str | None = None, output: str | None = None
 ) -> str:
-    """The preset as `fmt`; `input`/`output` fill the placeholders of command-line formats."""
+    """The preset as `fmt`; `input`/`output` fill the placeholders of command-line formats,
+    quoted for POSIX sh (the scripts and configs take no paths)."""
     if fmt not in _RENDERERS:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
-    p = _P(preset)
+    p = _P(preset, input=input, output=output)
     fn = _RENDERERS[fmt]
-    text = fn(p, preset) if fmt in ("json", "toml") else fn(p)
-    if input is not None:
-        text = text.replace("{input}", shlex.quote(input))
-    if output is not None:
-        text = text.replace("{output}", output)
-    return text
+    return fn(p, preset) if fmt in ("json", "toml") else fn(p)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -14,8 +14,9 @@ from PIL import Image
 from optimizer import codecs, transforms
 from optimizer.export import render
 from optimizer.images import load
-from optimizer.metrics import MetricSuite
 from optimizer.search import Candidate, _cand_args
+
+from ._tools import Tool, find
 
 ROOT = Path(__file__).resolve().parent.parent
 PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
@@ -40,31 +41,42 @@ def make_preset(codec: str, quality: int, *, sharpen: float = 1.0, options=None,
     return preset
 
 
-def tool_available(fmt: str) -> str | None:
-    """None when the tool runs here, else what is missing."""
-    need = {
-        "cwebp": ["cwebp"],
-        "avifenc": ["avifenc"],
-        "cjpeg": ["cjpeg"],
-        "vips": ["vips"],
-        "vipsthumbnail": ["vipsthumbnail"],
-        "magick": [],
-        "sharp": ["node"],
-        "pillow-python": [],
-    }[fmt]
-    missing = [t for t in need if shutil.which(t) is None]
-    if fmt in ("magick", "cjpeg") and not (shutil.which("magick") or shutil.which("convert")):
-        missing.append("magick (ImageMagick)")
-    if fmt == "sharp" and not missing and sharp_dir() is None:
-        missing.append("the sharp npm package (IMGTUNE_SHARP_DIR or .ci/node)")
-    return ", ".join(missing) or None
+#: the tools (names in tests/_tools.py) each exporter's output needs
+TOOLS = {
+    "cwebp": ("cwebp",),
+    "avifenc": ("avifenc",),
+    "cjpeg": ("imagemagick", "cjpeg"),
+    "vips": ("vips",),
+    "vipsthumbnail": ("vipsthumbnail",),
+    "magick": ("imagemagick",),
+    "sharp": ("node", "sharp"),
+    "pillow-python": (),
+}
 
 
-def sharp_dir() -> Path | None:
-    for d in (os.environ.get("IMGTUNE_SHARP_DIR"), ROOT / ".ci" / "node"):
-        if d and (Path(d) / "node_modules" / "sharp").is_dir():
-            return Path(d)
-    return None
+def genuine(fmt: str) -> dict[str, Tool]:
+    """The tools `fmt` needs, found by tests/_tools.py; a test calls need_tool first."""
+    tools = {t: find(t) for t in TOOLS[fmt]}
+    missing = [t.message for t in tools.values() if t.path is None]
+    if missing:
+        raise RuntimeError("; ".join(missing))
+    return tools
+
+
+def shell_prelude(tools: dict[str, Tool]) -> str:
+    """Shell functions that send each command name the exporter prints to the genuine tool, so a
+    stand-in earlier on PATH is never run (ImageMagick 6 answers to `magick` as `convert`)."""
+    command = {"imagemagick": "magick"}
+    return "".join(
+        f'{command.get(name, name)}() {{ {shlex.quote(t.path)} "$@"; }}\n'
+        for name, t in tools.items()
+    )
+
+
+def run_shell(fmt: str, text: str, shell: list[str], cwd: Path | None = None):
+    """Run an exported command as printed (its comment lines included) under `shell`."""
+    script = shell_prelude(genuine(fmt)) + text
+    return subprocess.run([*shell, script], capture_output=True, text=True, cwd=cwd)
 
 
 def run_export(fmt: str, preset: dict, src: Path, out: Path) -> None:
@@ -75,17 +87,18 @@ def run_export(fmt: str, preset: dict, src: Path, out: Path) -> None:
         ns["encode"](str(src), str(out))
         return
     if fmt == "sharp":
+        tools = genuine(fmt)
         script = out.with_suffix(".js")
         script.write_text(text)
-        env = {**os.environ, "NODE_PATH": str(sharp_dir() / "node_modules")}
+        env = {**os.environ, "NODE_PATH": tools["sharp"].path}
         r = subprocess.run(
-            ["node", str(script), str(src), str(out)], capture_output=True, text=True, env=env
+            [tools["node"].path, str(script), str(src), str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
         )
     else:
-        cmd = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-        if shutil.which("magick") is None:
-            cmd = cmd.replace("magick ", "convert ")  # ImageMagick 6
-        r = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], capture_output=True, text=True)
+        r = run_shell(fmt, text, ["bash", "-euo", "pipefail", "-c"])
     if r.returncode != 0:
         raise RuntimeError(f"{fmt} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
 
@@ -93,6 +106,8 @@ def run_export(fmt: str, preset: dict, src: Path, out: Path) -> None:
 def measure(fmt: str, preset: dict, image: Path, tmp: Path) -> dict:
     """Run the tool; return its output's format, size and SSIMULACRA2 against imgtune's
     reference, beside imgtune's own encode of the same preset."""
+    from optimizer.metrics import MetricSuite  # imports torch: only where a tool is measured
+
     src = load(image)
     p = preset["params"]
     size = transforms.fit_size(src.width, src.height, *(preset.get("max_size") or (None, None)))

@@ -4,7 +4,6 @@ Chromium: no script errors, the charts drew (plotly SVGs with points), a non-bla
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -14,6 +13,7 @@ from typer.testing import CliRunner
 
 from optimizer.cli import app
 
+from ._tools import need_tool
 from .conftest import SAMPLES
 
 runner = CliRunner()
@@ -39,10 +39,7 @@ def tuned(tmp_path_factory):
 
 
 def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.skip("report untested in a browser here: chromium not installed (.ci/install-tools)")
-    return exe
+    return need_tool("chromium").path
 
 
 def _render(exe: str, html_path, *args: str) -> subprocess.CompletedProcess:
