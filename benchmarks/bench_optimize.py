@@ -37,7 +37,7 @@ def baseline(folder: Path, target, suite, max_width=None, max_height=None) -> di
     """jpeg-recompress style: JPEG, bisection on quality, lowest passing quality."""
     t0 = time.perf_counter()
     total_src = total_out = encodes = n = missed = 0
-    for path in iter_image_files(folder):
+    for path in iter_image_files(folder, follow_symlinks=True):
         try:
             src = load(path, min_side=suite.min_side)
         except Exception:  # noqa: BLE001 - same skips as imgtune

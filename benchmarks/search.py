@@ -74,7 +74,7 @@ class Grid:
 
 def load_corpus(folder: Path, min_side: int):
     sources = []
-    for p in iter_image_files(folder):
+    for p in iter_image_files(folder, follow_symlinks=True):
         try:
             sources.append(load(p, min_side=min_side))
         except ImageError as exc:

@@ -13,6 +13,8 @@ Rules (DESIGN.md section 3): sources are never touched; every output is written 
 output that misses the target is never written unless `best_effort` (then it is flagged); an
 output is never larger than its source (the source is copied instead, metadata counted, since
 whole files are compared). The output tree mirrors the input, the extension follows the codec.
+Every write, rename and delete goes through `outdir.OutputDir` (never outside OUT, never through
+a link), under OUT's lock (one run per OUT); a full or read-only OUT stops the run whole.
 
 Resumable: `OUT/.imgtune-manifest.jsonl` gets one line per finished image, appended after its
 output is in place: the source's hash, the job's key (target, codecs, recipe, metric spec...),
@@ -26,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -37,8 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from .codecs import CODECS, EncodeSettings
-from .files import atomic_write_bytes
 from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, load
+from .manifest import MANIFEST_NAME, Manifest
+from .outdir import (
+    OutputDir,
+    OutputUnwritableError,
+    UnsafePathError,
+    check_roots,
+    output_names,
+)
 from .search import Candidate, ImageSet
 from .targets import Target
 
@@ -55,7 +63,6 @@ __all__ = [
     "run_folder",
 ]
 
-MANIFEST_NAME = ".imgtune-manifest.jsonl"
 #: written: an encode that meets the target; kept: the source copied (nothing smaller passed, or
 #: nothing passed without --best-effort: then also `missed`); best_effort: written though it
 #: misses (flagged); skipped: unreadable input; up_to_date: done by an earlier run
@@ -303,92 +310,27 @@ def _search_codec(
     return good
 
 
-def output_names(sources: Sequence[Path], root: Path) -> dict[Path, str]:
-    """Each source's output path stem relative to OUT: its relative path without the extension,
-    or with it where two sources in one folder share a stem (a.png and a.jpg -> a.png.avif)."""
-    rels = {p: p.relative_to(root) for p in sources}
-    stems: dict[Path, int] = {}
-    for rel in rels.values():
-        key = rel.with_suffix("")
-        stems[key] = stems.get(key, 0) + 1
-    return {
-        p: (rel.as_posix() if stems[rel.with_suffix("")] > 1 else rel.with_suffix("").as_posix())
-        for p, rel in rels.items()
-    }
-
-
-class Manifest:
-    """Append-only NDJSON: the last line for a source wins; a torn last line is ignored.
-
-    Only each source's line offset is kept in memory (a few dozen bytes a file), not the lines:
-    memory stays flat however many files a folder has."""
-
-    def __init__(self, out_root: Path) -> None:
-        self.path = out_root / MANIFEST_NAME
-        self.offsets: dict[str, int] = {}
-        #: (job, codec, quality) of each written image, in the order they were finished
-        self.history: list[tuple[str, str, int]] = []
-        if self.path.exists():
-            with open(self.path, "rb") as f:
-                offset = 0
-                for raw in f:
-                    try:
-                        entry = json.loads(raw)
-                    except (json.JSONDecodeError, UnicodeDecodeError):
-                        entry = None  # a line cut by a kill: its image is redone
-                    if isinstance(entry, dict) and "source" in entry:
-                        self.offsets[entry["source"]] = offset
-                        if entry.get("status") == "written":
-                            self.history.append((entry["job"], entry["codec"], entry["quality"]))
-                    offset += len(raw)
-        self._lock = threading.Lock()
-
-    def lookup(self, rel: str) -> dict[str, Any] | None:
-        with self._lock:
-            offset = self.offsets.get(rel)
-        if offset is None:
-            return None
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            return json.loads(f.readline())
-
-    def append(self, entry: dict[str, Any]) -> None:
-        line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
-        with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "ab") as f:
-                # A line torn by a kill leaves no newline: start on a fresh line.
-                if f.tell() and self._last_byte() != b"\n":
-                    f.write(b"\n")
-                offset = f.tell()
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-            self.offsets[entry["source"]] = offset
-
-    def _last_byte(self) -> bytes:
-        with open(self.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            return f.read(1)
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _up_to_date(entry: dict[str, Any] | None, job_key: str, src_sha: str, out_root: Path) -> bool:
-    if not entry or entry.get("job") != job_key or entry.get("sha256") != src_sha:
+def _expected_outputs(stem: str, rel: str) -> set[str]:
+    """The names this image's output can have: one per codec, or the source's own suffix."""
+    return {stem_with(stem, c.extension) for c in CODECS.values()} | {
+        stem_with(stem, Path(rel).suffix)
+    }
+
+
+def _up_to_date(
+    entry: dict[str, Any] | None, job_key: str, src_sha: str, out: OutputDir, stem: str, rel: str
+) -> bool:
+    """Whether the manifest's line for this image still holds: same job, same source, and its
+    own output (by name) intact (by hash)."""
+    if not entry or entry["job"] != job_key or entry["sha256"] != src_sha:
         return False
-    out = entry.get("output")
-    if not out:
-        return False
-    path = out_root / out
-    try:
-        if path.stat().st_size != entry.get("output_bytes"):
-            return False
-        return _sha256(path.read_bytes()) == entry.get("output_sha256")
-    except OSError:
-        return False
+    if entry["output"] not in _expected_outputs(stem, rel):
+        return False  # a line naming another file is not this image's
+    return out.sha256(entry["output"], size=entry["output_bytes"]) == entry["output_sha256"]
 
 
 def process_image(
@@ -428,6 +370,17 @@ def process_image(
             (f"{path}: has transparency and the allowed codecs have none; give --background"),
         )
         return outcome, None
+    w, h = images.items[0].size
+    fits = [b for b in bases if max(w, h) <= CODECS[b.codec].max_side]
+    if not fits:
+        limits = ", ".join(f"{b.codec} {CODECS[b.codec].max_side}" for b in bases)
+        outcome.status = "skipped"
+        outcome.error = (
+            f"{path}: {w}x{h} has a side longer than the allowed codecs hold ({limits} px); "
+            "fit it with --max-width/--max-height or allow another codec"
+        )
+        return outcome, None
+    bases = fits
     probes: list[tuple[Candidate, _Probe]] = []
     best: tuple[Candidate, _Probe] | None = None
     # Beat the source (an output never exceeds it) unless resizing makes it incomparable.
@@ -555,6 +508,7 @@ class RunSummary:
     searched: int = 0  # images encoded in this run (not up to date, not skipped)
     interrupted: bool = False
     seconds: float = 0.0
+    manifest_problems: int = 0  # invalid manifest lines ignored (their images redone)
 
     @property
     def saved_bytes(self) -> int:
@@ -585,13 +539,6 @@ class RunSummary:
         ).exit_code
 
 
-def _clean_partials(out_root: Path) -> None:
-    """Remove temp files a killed run left (atomic writes name them .NAME.<random>.part)."""
-    if out_root.is_dir():
-        for p in out_root.rglob(".*.part"):
-            p.unlink(missing_ok=True)
-
-
 def run_folder(
     src_root: Path,
     out_root: Path,
@@ -601,47 +548,90 @@ def run_folder(
     jobs: int = 1,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     animated: str = "refuse",
+    follow_symlinks: bool = False,
     predictor: QualityPredictor | None = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Process every image under `src_root` into `out_root`. `on_result` is called in input
     order, from the calling thread. Ctrl-C: images in flight finish (whole files only), the
-    rest is left for the next run; the summary says `interrupted`."""
+    rest is left for the next run; the summary says `interrupted`.
+
+    Holds `out_root`'s lock for the run (`AlreadyRunningError` if another run has it). Raises
+    `OutputUnwritableError` when OUT takes no more writes (full disk, read-only): the images
+    in flight finish or fail whole, the manifest stays valid, the same call resumes later."""
     t0 = time.perf_counter()
     src_root, out_root = src_root.resolve(), out_root.resolve()
-    if out_root == src_root or src_root in out_root.parents:
-        # Outputs inside the source tree would be read as sources by the next run.
-        raise ValueError(f"{out_root}: the output folder must not be (inside) the source folder")
-    out_root.mkdir(parents=True, exist_ok=True)
-    _clean_partials(out_root)
-    sources = list(iter_image_files(src_root))
+    check_roots(src_root, out_root)
+    out = OutputDir(out_root)
+    with out.lock():
+        out.clean_partials()  # under the lock: a running job's temp files are its own
+        manifest = Manifest(out)
+        for problem in manifest.problems:
+            if on_warning:
+                on_warning(problem)
+        if manifest.bad_lines > len(manifest.problems) and on_warning:
+            more = manifest.bad_lines - len(manifest.problems)
+            on_warning(f"{manifest.path}: {more} more invalid lines ignored")
+        summary = _run(
+            src_root, out, manifest, spec, suite, jobs, max_pixels, animated, follow_symlinks,
+            predictor or QualityPredictor(), on_result, on_start,
+        )  # fmt: skip
+    summary.manifest_problems = manifest.bad_lines
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run(
+    src_root, out, manifest, spec, suite, jobs, max_pixels, animated, follow_symlinks,
+    predictor, on_result, on_start,
+) -> RunSummary:  # fmt: skip
+    listed = list(iter_image_files(src_root, follow_symlinks=follow_symlinks))
+    sources = [p for p in listed if isinstance(p, Path)]
     if on_start:
-        on_start(len(sources))
+        on_start(len(listed))
     names = output_names(sources, src_root)
-    manifest = Manifest(out_root)
     job_key = spec.key(suite.spec())
-    predictor = predictor or QualityPredictor()
     for job, codec, quality in manifest.history:  # a resumed run predicts as the killed one
         if job == job_key:
             predictor.record(codec, quality, True)
     summary = RunSummary()
 
-    def work(path: Path) -> ImageOutcome:
+    def work(path: Path | ImageError) -> ImageOutcome:
+        if isinstance(path, ImageError):  # a link out of SRC: reported, never read
+            rel = path.path.relative_to(src_root).as_posix()
+            return ImageOutcome(rel, "skipped", error=str(path))
         rel = path.relative_to(src_root).as_posix()
-        data = path.read_bytes()
-        sha = _sha256(data)
+        try:
+            return _work(path, rel)
+        except OutputUnwritableError:
+            raise  # stops the run: every other image would fail the same way
+        except UnsafePathError as exc:
+            return ImageOutcome(rel, "skipped", error=f"{path}: output not written: {exc}")
+        except Exception as exc:  # one image's surprise must not cost the others their run
+            return ImageOutcome(
+                rel,
+                "skipped",
+                error=f"{path}: failed ({type(exc).__name__}: {exc}); its output was not "
+                "written (please report this)",
+            )
+
+    def _work(path: Path, rel: str) -> ImageOutcome:
+        try:
+            sha = _sha256(path.read_bytes())
+        except OSError:
+            sha = None  # unreadable (a broken link, a folder): `load` names the reason below
         entry = manifest.lookup(rel)
-        if _up_to_date(entry, job_key, sha, out_root):
+        if sha and _up_to_date(entry, job_key, sha, out, names[path], rel):
             o = ImageOutcome(**{k: entry[k] for k in _OUTCOME_FIELDS if k in entry})
             o.status, o.encodes = "up_to_date", 0
             return o
-        del data
         outcome, payload = process_image(
             path,
             rel,
             names[path],
-            out_root,
+            out.root,
             spec,
             suite,
             predictor,
@@ -650,19 +640,19 @@ def run_folder(
         )
         if outcome.status == "skipped" or outcome.output is None:
             return outcome
-        dest = out_root / outcome.output
         body = path.read_bytes() if payload is None else payload
         if payload is None:
             outcome.output_bytes = len(body)
-        atomic_write_bytes(dest, body)
-        old = entry.get("output") if entry else None
-        if old and old != outcome.output:
-            (out_root / old).unlink(missing_ok=True)  # a stale output of an earlier job
+        out.write_bytes(outcome.output, body)
+        old = entry["output"] if entry else None
+        if old and old != outcome.output and old in _expected_outputs(names[path], rel):
+            # A stale output of an earlier job: removed only if it is still what we wrote.
+            out.remove(old, sha256=entry["output_sha256"])
         manifest.append(
             {
                 **outcome.record(),
                 "job": job_key,
-                "sha256": sha,
+                "sha256": sha or _sha256(path.read_bytes()),
                 "output_sha256": _sha256(body),
             }
         )
@@ -671,7 +661,7 @@ def run_folder(
     pending: deque[Future] = deque()
     executor = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="imgtune")
     try:
-        it: Iterator[Path] = iter(sources)
+        it: Iterator[Path | ImageError] = iter(listed)
         while True:
             # Bounded: at most 2 * jobs images in flight, whatever the folder's size.
             while len(pending) < 2 * max(1, jobs):
@@ -689,9 +679,12 @@ def run_folder(
         summary.interrupted = True
         for f in pending:
             f.cancel()
+    except OutputUnwritableError:
+        for f in pending:  # the images in flight finish or fail whole; no new ones start
+            f.cancel()
+        raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 

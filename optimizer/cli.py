@@ -76,6 +76,27 @@ BackgroundOpt = Annotated[
         "for images with alpha."
     ),
 ]
+MaxPixelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Decompression-bomb limit in pixels (Pillow's default, ~89 MP, if not given)."
+    ),
+]
+AnimatedOpt = Annotated[
+    str,
+    typer.Option(
+        help="Animated images and multi-page TIFFs: 'refuse' (default) or 'first' (use the "
+        "first frame)."
+    ),
+]
+
+
+def _check_animated(animated: str) -> None:
+    if animated not in ("refuse", "first"):
+        err.print(f"[red]error:[/red] --animated must be 'refuse' or 'first', not {animated!r}")
+        raise typer.Exit(ExitCode.USAGE)
+
+
 CompileOpt = Annotated[
     bool,
     typer.Option(
@@ -180,18 +201,16 @@ def score(
         ),
     ] = False,
     csv: Annotated[Path | None, typer.Option(help="Write the per-pair table to this CSV.")] = None,
-    max_pixels: Annotated[
-        int | None,
+    max_pixels: MaxPixelsOpt = None,
+    animated: AnimatedOpt = "refuse",
+    follow_symlinks: Annotated[
+        bool,
         typer.Option(
-            help="Decompression-bomb limit in pixels (Pillow's default, ~89 MP, if not given)."
+            "--follow-symlinks",
+            help="With folders: read files through symbolic links that lead outside them "
+            "(default: skipped, each named).",
         ),
-    ] = None,
-    animated: Annotated[
-        str,
-        typer.Option(
-            help="Animated inputs: 'refuse' (default) or 'first' (score the first frame)."
-        ),
-    ] = "refuse",
+    ] = False,
 ) -> None:
     """Score CANDIDATE against REFERENCE with every metric, the composite and its quality level."""
     from .images import DEFAULT_MAX_PIXELS
@@ -202,9 +221,7 @@ def score(
     except TargetError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(ExitCode.USAGE) from None
-    if animated not in ("refuse", "first"):
-        err.print(f"[red]error:[/red] --animated must be 'refuse' or 'first', not {animated!r}")
-        raise typer.Exit(ExitCode.USAGE)
+    _check_animated(animated)
     for p in (reference, candidate):
         if not p.exists():
             err.print(f"[red]error:[/red] {p}: no such file or folder", highlight=False)
@@ -219,7 +236,9 @@ def score(
     suite = _build_suite(metrics, composite, lpips_net, weights, device, compile)
     limit = max_pixels or DEFAULT_MAX_PIXELS
     if reference.is_dir():
-        _score_dirs(reference, candidate, suite, tgt, limit, animated, as_json, csv)
+        _score_dirs(
+            reference, candidate, suite, tgt, limit, animated, as_json, csv, follow_symlinks
+        )
     else:
         _score_files(reference, candidate, suite, tgt, limit, animated, as_json, csv)
 
@@ -286,12 +305,14 @@ def _write_csv(report, path: Path) -> None:
     atomic_write_text(path, report.frame().to_csv(index=False))
 
 
-def _score_dirs(reference, candidate, suite, tgt, limit, animated, as_json, csv) -> None:
+def _score_dirs(
+    reference, candidate, suite, tgt, limit, animated, as_json, csv, follow_symlinks
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from .scoring import PairResult, pair_files, score_dirs
 
-    pairs, problems = pair_files(reference, candidate)
+    pairs, problems = pair_files(reference, candidate, follow_symlinks=follow_symlinks)
     for p in problems:
         err.print(f"[yellow]skipped:[/yellow] {p}", highlight=False)
         if as_json:
@@ -394,7 +415,22 @@ from . import cli_batch, cli_tune  # noqa: E402, F401
 
 
 def main() -> None:
-    app()
+    import warnings
+
+    from .outdir import FATAL_ERRNOS
+
+    # Pillow warns about damaged metadata it skipped (a TIFF tag past the end of the file): the
+    # image loads or fails with a named reason either way, so the warning is only noise here.
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+    try:
+        app()
+    except OSError as exc:
+        # A full disk or a read-only folder anywhere (a preset, a report): one line, exit 4.
+        if exc.errno not in FATAL_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[red]error:[/red] {where}cannot write ({exc.strerror})", highlight=False)
+        sys.exit(ExitCode.NOTHING_DONE)
 
 
 if __name__ == "__main__":

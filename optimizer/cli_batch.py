@@ -11,11 +11,14 @@ import typer
 from rich.console import Console
 
 from .cli import (
+    AnimatedOpt,
     BackgroundOpt,
     CompileOpt,
     DeviceOpt,
+    MaxPixelsOpt,
     WeightsOpt,
     _build_suite,
+    _check_animated,
     _with_target_metrics,
     app,
     err,
@@ -46,6 +49,14 @@ BestEffortOpt = Annotated[
         "--best-effort",
         help="Where nothing meets the target, write the closest encode anyway (flagged "
         "best_effort; exit 3). Default: keep the original and report the image.",
+    ),
+]
+FollowSymlinksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks",
+        help="Read sources through symbolic links that lead outside SRC (default: such links "
+        "are skipped, each named on stderr). Links inside SRC are always followed.",
     ),
 ]
 SrcArg = Annotated[
@@ -91,11 +102,26 @@ def _suite_for(tgt, weights, device, compile):
 
 
 def _run(
-    src: Path, out_dir: Path, spec, suite, jobs, as_json, report, verb: str, predictor=None
+    src: Path,
+    out_dir: Path,
+    spec,
+    suite,
+    jobs,
+    as_json,
+    report,
+    verb: str,
+    predictor=None,
+    *,
+    follow_symlinks: bool = False,
+    max_pixels: int | None = None,
+    animated: str = "refuse",
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .batch import run_folder
+    from .images import DEFAULT_MAX_PIXELS
+    from .locks import AlreadyRunningError
+    from .outdir import OutputUnwritableError, UnsafePathError
 
     if not src.is_dir():
         err.print(f"[red]error:[/red] {src}: not a folder", highlight=False)
@@ -136,6 +162,9 @@ def _run(
         if as_json:
             stdout.out(json.dumps(rec), highlight=False)
 
+    def on_warning(message: str) -> None:
+        err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
     try:
         with progress:
             summary = run_folder(
@@ -144,13 +173,23 @@ def _run(
                 spec,
                 suite,
                 jobs=jobs,
+                max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                animated=animated,
+                follow_symlinks=follow_symlinks,
                 predictor=predictor,
                 on_result=on_result,
                 on_start=on_start,
+                on_warning=on_warning,
             )
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(ExitCode.USAGE) from None
+    except (AlreadyRunningError, OutputUnwritableError, UnsafePathError) as exc:
+        # One line, then stop: finished images are in the manifest, the same command resumes.
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        if as_json:
+            stdout.out(json.dumps({"summary": True, "error": str(exc)}), highlight=False)
+        raise typer.Exit(ExitCode.NOTHING_DONE) from None
     if report is not None:
         _write_report(rows, report)
     _print_summary(summary, spec, as_json, stdout, out_dir)
@@ -184,6 +223,7 @@ def _print_summary(summary, spec, as_json: bool, stdout: Console, out_dir: Path)
         "target": str(spec.target),
         "seconds": round(summary.seconds, 2),
         "interrupted": summary.interrupted,
+        "manifest_problems": summary.manifest_problems,
     }
     if as_json:
         stdout.out(json.dumps(record), highlight=False)
@@ -231,6 +271,9 @@ def optimize(
     max_width: Annotated[int | None, typer.Option(help="Fit outputs inside this width.")] = None,
     max_height: Annotated[int | None, typer.Option(help="Fit outputs inside this height.")] = None,
     jobs: JobsOpt = None,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    animated: AnimatedOpt = "refuse",
     as_json: JsonOpt = False,
     report: ReportOpt = None,
     weights: WeightsOpt = None,
@@ -243,7 +286,9 @@ def optimize(
     a step to bracket, then interpolation); the smallest passing output wins. An output
     never misses the target (unless --best-effort) and is never larger than its source (the
     source is copied instead). Reruns skip images whose output is up to date
-    (OUT/.imgtune-manifest.jsonl); Ctrl-C leaves only whole files.
+    (OUT/.imgtune-manifest.jsonl); Ctrl-C leaves only whole files. Nothing outside OUT is
+    touched, one run per OUT at a time (a second exits 4 naming the first); a full or
+    read-only OUT stops with one line (exit 4) and the same command resumes.
     """
     from .batch import JobSpec, QualityPredictor
     from .codecs import CODECS, EncodeSettings, available_codecs
@@ -260,6 +305,7 @@ def optimize(
         start[p["params"]["codec"]] = int(p["params"]["quality"])
         if target is None:
             target = p["target"]["spec"]
+    _check_animated(animated)
     tgt = _target(target, quality)
     chosen = [c.strip() for c in codecs.split(",") if c.strip()]
     avail = available_codecs()
@@ -291,7 +337,20 @@ def optimize(
         bounds=tuple(sorted(bounds.items())),
     )
     suite = _suite_for(tgt, weights, device, compile)
-    _run(src, out_dir, spec, suite, jobs, as_json, report, "optimizing", QualityPredictor(start))
+    _run(
+        src,
+        out_dir,
+        spec,
+        suite,
+        jobs,
+        as_json,
+        report,
+        "optimizing",
+        QualityPredictor(start),
+        follow_symlinks=follow_symlinks,
+        max_pixels=max_pixels,
+        animated=animated,
+    )
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -314,6 +373,9 @@ def apply(
     ] = None,
     best_effort: BestEffortOpt = False,
     jobs: JobsOpt = None,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    animated: AnimatedOpt = "refuse",
     as_json: JsonOpt = False,
     report: ReportOpt = None,
     weights: WeightsOpt = None,
@@ -335,6 +397,7 @@ def apply(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         err.print(f"[red]error:[/red] {preset}: not a usable preset ({exc})", highlight=False)
         raise typer.Exit(ExitCode.USAGE) from None
+    _check_animated(animated)
     tgt = _target(target or p["target"]["spec"], "high")
     max_size = p.get("max_size") or [None, None]
     bg = tuple(p["background"]) if p.get("background") else None
@@ -349,7 +412,10 @@ def apply(
         max_height=max_size[1],
     )
     suite = _suite_for(tgt, weights, device, compile)
-    _run(src, out_dir, spec, suite, jobs, as_json, report, "applying")
+    _run(
+        src, out_dir, spec, suite, jobs, as_json, report, "applying",
+        follow_symlinks=follow_symlinks, max_pixels=max_pixels, animated=animated,
+    )  # fmt: skip
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -11,11 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli import (
+    AnimatedOpt,
     BackgroundOpt,
     CompileOpt,
     DeviceOpt,
+    MaxPixelsOpt,
     WeightsOpt,
     _build_suite,
+    _check_animated,
     _fmt,
     _json_default,
     app,
@@ -132,6 +135,16 @@ def tune(
             "(studies/<name>.report.html if given as '.')."
         ),
     ] = None,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks",
+            help="Read images through symbolic links that lead outside FOLDER (default: "
+            "skipped, each named on stderr).",
+        ),
+    ] = False,
+    max_pixels: MaxPixelsOpt = None,
+    animated: AnimatedOpt = "refuse",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Find the smallest encoding recipe for a folder that still meets a quality target.
@@ -157,19 +170,31 @@ def tune(
     if not folder.is_dir():
         err.print(f"[red]error:[/red] {folder}: not a folder", highlight=False)
         raise typer.Exit(ExitCode.NOTHING_DONE)
+    if out is not None:
+        from .outdir import check_roots
+
+        try:
+            check_roots(folder, out)  # now, not after the search
+        except ValueError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(ExitCode.USAGE) from None
     from .metrics import OUTPUTS
 
     needed = {OUTPUTS[m].metric for m in tgt.metrics}
     if "composite" in needed:
         needed = (needed - {"composite"}) | {"lpips", "ssim", "psnr"}
     suite = _build_suite(",".join(sorted(needed)), None, "alex", weights, device, compile)
-    sources, skipped = _load_folder(folder, suite.min_side)
+    _check_animated(animated)
+    sources, skipped = _load_folder(
+        folder, suite.min_side, follow_symlinks, max_pixels=max_pixels, animated=animated
+    )
     if not sources:
         err.print(f"[red]error:[/red] no usable image in {folder}")
         raise typer.Exit(ExitCode.NOTHING_DONE)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .codecs import available_codecs as codec_availability
+    from .locks import AlreadyRunningError
     from .presets import build_preset, write_preset
     from .search import ImageSet, SearchSpace, StudyMismatchError, study_name_for, tune
 
@@ -257,6 +282,9 @@ def tune(
         except (StudyMismatchError, ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(ExitCode.USAGE) from None
+        except AlreadyRunningError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(ExitCode.NOTHING_DONE) from None
     from .files import atomic_write_text
 
     # Every study gets its trials.csv locally, whatever storage holds the study itself.
@@ -276,7 +304,7 @@ def tune(
     preset = build_preset(result, images, tgt, aggregate)
     preset["achieved"]["default_jpeg_bytes"] = default_bytes
     preset_path = write_preset(preset, preset_out or studies / f"{name}.preset.json")
-    written = images.write_outputs(result.best.candidate, out) if out else None
+    written = _write_outputs(images, result.best.candidate, folder, out) if out else None
     if report is not None:
         from .report import build_report, write_report
 
@@ -348,13 +376,44 @@ def _parse_ranges(text: str | None, chosen: list[str]) -> dict[str, tuple[int, i
     return out
 
 
-def _load_folder(folder: Path, min_side: int):
-    from .images import ImageError, iter_image_files, load
+def _write_outputs(images, cand, folder: Path, out: Path) -> list[dict]:
+    """The chosen recipe's outputs in OUT, under OUT's lock; a folder that takes no writes
+    stops the command with one line (the preset is already written)."""
+    from .locks import AlreadyRunningError
+    from .outdir import OutputDir, OutputUnwritableError, UnsafePathError
+
+    try:
+        out_dir = OutputDir(out)
+        with out_dir.lock():
+            return images.write_outputs(cand, out_dir, folder)
+    except (AlreadyRunningError, OutputUnwritableError, UnsafePathError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.NOTHING_DONE) from None
+
+
+def _load_folder(
+    folder: Path,
+    min_side: int,
+    follow_symlinks: bool = False,
+    *,
+    max_pixels: int | None = None,
+    animated: str = "refuse",
+):
+    from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, load
 
     sources, skipped = [], 0
-    for path in iter_image_files(folder):
+    for path in iter_image_files(folder, follow_symlinks=follow_symlinks):
         try:
-            sources.append(load(path, min_side=min_side))
+            if isinstance(path, ImageError):
+                raise path  # a link out of the folder: named, not read
+            sources.append(
+                load(
+                    path,
+                    min_side=min_side,
+                    max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                    animated=animated,
+                )
+            )
         except ImageError as exc:
             skipped += 1
             err.print(f"[yellow]skipped:[/yellow] {exc}", highlight=False)

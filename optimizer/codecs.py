@@ -67,6 +67,9 @@ class Codec:
     options: Mapping[str, Option] = field(default_factory=dict)
     #: the module whose import registers the codec with Pillow (plugins)
     plugin: str | None = None
+    #: the longest side the format holds and Pillow reads back (WebP: 16383 by its spec; AVIF:
+    #: libavif's default decode limit of 32768, which Pillow keeps; JPEG: 65500 in libjpeg)
+    max_side: int = 65500
 
 
 CODECS: dict[str, Codec] = {
@@ -93,6 +96,7 @@ CODECS: dict[str, Codec] = {
         (0, 100),
         True,
         {"method": Option(4, range=(0, 6), help="effort: 0 fast .. 6 smallest")},
+        max_side=16383,
     ),
     "avif": Codec(
         "avif",
@@ -108,6 +112,7 @@ CODECS: dict[str, Codec] = {
                 help="chroma subsampling (grey images are always 4:0:0)",
             ),
         },
+        max_side=32768,
     ),
     "jxl": Codec(
         "jxl",
@@ -117,6 +122,7 @@ CODECS: dict[str, Codec] = {
         True,
         {"effort": Option(7, range=(1, 9), help="effort: 1 fast .. 9 smallest")},
         plugin="pillow_jxl",
+        max_side=1 << 30,
     ),
 }
 

@@ -31,6 +31,7 @@ __all__ = [
     "NotAFileError",
     "NotAnImageError",
     "OutOfMemoryError",
+    "OutsideSourceError",
     "SourceImage",
     "TooManyPixelsError",
     "TooSmallError",
@@ -97,6 +98,13 @@ class AnimatedImageError(ImageError):
 
 class UnsupportedImageError(ImageError):
     reason = "uses a pixel format imgtune cannot convert to 8-bit sRGB"
+
+
+class OutsideSourceError(ImageError):
+    reason = "is a symbolic link that leads outside the source folder; not read"
+
+    def __init__(self, path: Path | str, detail: str = "") -> None:
+        super().__init__(path, f"{detail}; pass --follow-symlinks to read it" if detail else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -460,17 +468,32 @@ def _image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def iter_image_files(root: str | os.PathLike[str]) -> Iterator[Path]:
+def iter_image_files(
+    root: str | os.PathLike[str], *, follow_symlinks: bool = False
+) -> Iterator[Path | OutsideSourceError]:
     """Yield image files under `root` (by extension), sorted, following links but never a loop.
 
     Files that do not look like images (by extension) are skipped silently; files that look like
-    images but are broken are yielded so that `load` can report them by name.
+    images but are broken are yielded so that `load` can report them by name. A symbolic link
+    (to a file or a folder) that leads outside `root` is yielded as an `OutsideSourceError` for
+    the caller to report, and not read, unless `follow_symlinks`: a folder shared with others
+    must not hand the job files from elsewhere.
     """
     root = Path(root)
+    top = root.resolve()
     exts = _image_extensions()
     seen: set[tuple[int, int]] = set()
 
-    def walk(directory: Path) -> Iterator[Path]:
+    def outside(entry: Path) -> Path | None:
+        if follow_symlinks or not entry.is_symlink():
+            return None
+        try:
+            target = entry.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None  # broken or a loop: `load` names it
+        return None if target == top or top in target.parents else target
+
+    def walk(directory: Path) -> Iterator[Path | OutsideSourceError]:
         try:
             st = directory.stat()
         except OSError:
@@ -486,9 +509,15 @@ def iter_image_files(root: str | os.PathLike[str]) -> Iterator[Path]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            is_dir = entry.is_dir()
+            if not is_dir and entry.suffix.lower() not in exts:
+                continue
+            target = outside(entry)
+            if target is not None:
+                yield OutsideSourceError(entry, f"points to {target}")
+            elif is_dir:
                 yield from walk(entry)
-            elif entry.suffix.lower() in exts:
+            else:
                 yield entry
 
     yield from walk(root)

@@ -125,12 +125,16 @@ def score_pair(
     )
 
 
-def _index(root: Path) -> tuple[dict[str, Path], list[Problem]]:
+def _index(root: Path, follow_symlinks: bool) -> tuple[dict[str, Path], list[Problem]]:
     by_key: dict[str, list[Path]] = {}
-    for p in iter_image_files(root):
+    refused: list[Problem] = []
+    for p in iter_image_files(root, follow_symlinks=follow_symlinks):
+        if isinstance(p, ImageError):  # a link out of the folder: named, not read
+            refused.append(Problem(p.path, str(p)))
+            continue
         key = p.relative_to(root).with_suffix("").as_posix()
         by_key.setdefault(key, []).append(p)
-    index, problems = {}, []
+    index, problems = {}, refused
     for key, paths in by_key.items():
         if len(paths) > 1:
             names = ", ".join(p.name for p in paths)
@@ -141,11 +145,12 @@ def _index(root: Path) -> tuple[dict[str, Path], list[Problem]]:
 
 
 def pair_files(
-    dir_a: str | Path, dir_b: str | Path
+    dir_a: str | Path, dir_b: str | Path, *, follow_symlinks: bool = False
 ) -> tuple[list[tuple[str, Path, Path]], list[Problem]]:
-    """Pair images by relative path without extension (`a/x.png` with `b/x.webp`)."""
-    a, pa = _index(Path(dir_a))
-    b, pb = _index(Path(dir_b))
+    """Pair images by relative path without extension (`a/x.png` with `b/x.webp`). Links that
+    lead out of their folder are problems unless `follow_symlinks`."""
+    a, pa = _index(Path(dir_a), follow_symlinks)
+    b, pb = _index(Path(dir_b), follow_symlinks)
     pairs = [(k, a[k], b[k]) for k in sorted(a.keys() & b.keys())]
     problems = pa + pb
     problems += [
@@ -167,11 +172,12 @@ def score_dirs(
     animated: str = "refuse",
     on_result: Callable[[PairResult | Problem], None] | None = None,
     pairs: Iterable[tuple[str, Path, Path]] | None = None,
+    follow_symlinks: bool = False,
 ) -> ScoreReport:
     """Score every pair of two folders; unpaired and unreadable files become `problems`."""
     report = ScoreReport()
     if pairs is None:
-        pairs, report.problems = pair_files(dir_a, dir_b)
+        pairs, report.problems = pair_files(dir_a, dir_b, follow_symlinks=follow_symlinks)
         if on_result:
             for p in report.problems:
                 on_result(p)

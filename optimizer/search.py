@@ -28,6 +28,7 @@ from . import codecs, transforms
 from .codecs import CODECS, EncodeSettings, available_codecs
 from .images import SourceImage
 from .metrics.catalog import OUTPUTS
+from .outdir import OutputDir, output_names
 from .targets import Target
 
 __all__ = [
@@ -213,7 +214,8 @@ class ImageSet:
             import sqlite3
 
             Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(cache_path), check_same_thread=False)
+            # Other tune runs on this folder may write too: wait for their short transactions.
+            self._db = sqlite3.connect(str(cache_path), check_same_thread=False, timeout=60)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, bytes INTEGER, "
                 "scores TEXT)"
@@ -274,24 +276,23 @@ class ImageSet:
             total += len(codecs.encode(px, settings, background=self.background or (255,) * 3))
         return total
 
-    def write_outputs(self, cand: Candidate, out_dir: Path) -> list[dict[str, Any]]:
-        """Encode the set with `cand` into `out_dir` (atomic writes). An output never exceeds
-        its source: when the encode is not smaller and nothing is resized, the source is copied."""
-        from .files import atomic_write_bytes
-
+    def write_outputs(self, cand: Candidate, out: OutputDir, root: Path) -> list[dict[str, Any]]:
+        """Encode the set with `cand` into `out`, mirroring the tree under `root` (atomic
+        writes, nothing through links). An output never exceeds its source: when the encode is
+        not smaller and nothing is resized, the source is copied."""
+        names = output_names([it.source.path for it in self.items], root)
         written = []
         for it in self.items:
             _, data = self.render(it, cand)
             src = it.source
             keep = len(data) >= src.file_bytes and it.size == (src.width, src.height)
-            dest = out_dir / (
-                src.path.name if keep else src.path.stem + CODECS[cand.codec].extension
-            )
-            atomic_write_bytes(dest, src.path.read_bytes() if keep else data)
+            ext = src.path.suffix if keep else CODECS[cand.codec].extension
+            rel = names[src.path] + ("" if names[src.path].endswith(ext) else ext)
+            out.write_bytes(rel, src.path.read_bytes() if keep else data)
             written.append(
                 {
                     "name": src.path.name,
-                    "output": str(dest),
+                    "output": str(out.path(rel)),
                     "bytes": src.file_bytes if keep else len(data),
                     "kept_source": keep,
                 }
@@ -310,10 +311,11 @@ class ImageSet:
                 row = self._db.execute(
                     "SELECT bytes, scores FROM scores WHERE key = ?", (disk_key,)
                 ).fetchone()
-                if row is not None:
+                hit = self._valid_row(row) if row is not None else None
+                if hit is not None:
                     self.cache_hits += 1
-                    self.cache[key] = (row[0], json.loads(row[1], parse_constant=float))
-                    return self.cache[key]
+                    self.cache[key] = hit
+                    return hit
             # Another --jobs thread already encoding this pair: wait for its result rather
             # than encoding it twice.
             pending = self._inflight.get(key)
@@ -346,6 +348,23 @@ class ImageSet:
         decoded = codecs.decode(data, channels=channels)
         prepared = item.prepared if alpha_kept or not item.source.has_alpha else item.prepared_flat
         return len(data), self.suite.score(prepared, [decoded])[0].values
+
+    def _valid_row(self, row: tuple) -> tuple[int, dict[str, float]] | None:
+        """A cached (bytes, scores) read back from disk, if it is what this suite writes; a
+        damaged or foreign row is a miss (rescored and replaced), never a wrong pass."""
+        nbytes, text = row
+        try:
+            scores = json.loads(text, parse_constant=float)
+        except (TypeError, ValueError, RecursionError):
+            return None
+        ok = (
+            isinstance(nbytes, int)
+            and nbytes > 0
+            and isinstance(scores, dict)
+            and set(scores) == set(self.suite.output_names)
+            and all(isinstance(v, float | int) and not isinstance(v, bool) for v in scores.values())
+        )
+        return (nbytes, {k: float(v) for k, v in scores.items()}) if ok else None
 
     def _disk_key(self, item: _Item, cand: Candidate) -> str:
         blob = json.dumps(
@@ -565,79 +584,101 @@ def tune(
     attrs["strategy"] = strategy
     # As the storage will give it back (tuples become lists): compare like with like.
     attrs = json.loads(json.dumps(attrs))
-    if new_study:
-        with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=study_name, storage=backend)
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=min(10, max(4, trials // 4)), multivariate=True
-    )
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=backend,
-        direction="minimize",
-        sampler=sampler,
-        load_if_exists=True,
-    )
-    stored = study.user_attrs.get("spec")
-    if stored is None:
-        study.set_user_attr("spec", attrs)
-        study.set_user_attr("imgtune_version", __import__("optimizer").__version__)
-    elif stored != attrs:
-        changed = [k for k in attrs if stored.get(k) != attrs[k]]
-        raise StudyMismatchError(
-            f"study '{study_name}' in {storage} was made for a different {', '.join(changed)}; "
-            f"rerun with --new-study to start over, or --study-name NAME for a separate study"
+    # SQLite takes one writer process: a second `tune` on the same file would race Optuna's
+    # schema creation and lose trials. It is refused with who holds it (threads: --jobs).
+    with _study_lock(storage, study_name):
+        if new_study:
+            with contextlib.suppress(KeyError):
+                optuna.delete_study(study_name=study_name, storage=backend)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=min(10, max(4, trials // 4)), multivariate=True
         )
-
-    def best_total() -> float | None:
-        try:
-            return study.best_value
-        except ValueError:
-            return None
-
-    t0 = time.perf_counter()
-
-    def objective(trial) -> float:
-        if strategy == "bisect":
-            cand = space.suggest(trial, quality=False)
-            ev = bisect_quality(
-                images, cand, target, space.quality[cand.codec], aggregate=aggregate
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=backend,
+            direction="minimize",
+            sampler=sampler,
+            load_if_exists=True,
+        )
+        stored = study.user_attrs.get("spec")
+        if stored is None:
+            study.set_user_attr("spec", attrs)
+            study.set_user_attr("imgtune_version", __import__("optimizer").__version__)
+        elif stored != attrs:
+            changed = [k for k in attrs if stored.get(k) != attrs[k]]
+            raise StudyMismatchError(
+                f"study '{study_name}' in {storage} was made for a different {', '.join(changed)}; "
+                f"rerun with --new-study to start over, or --study-name NAME for a separate study"
             )
-            cand = ev.candidate
-        else:
-            cand = space.suggest(trial)
-            ev = evaluate(images, cand, target, aggregate=aggregate, best_total=best_total())
-        trial.set_user_attr("violation", ev.violation if not ev.pruned else 0.0)
-        # Optuna's own constraint support (<= 0 feasible): best_trial is the smallest feasible.
-        trial.set_constraint("target", ev.violation)
-        trial.set_user_attr("candidate", json.loads(json.dumps(cand.as_dict())))
-        trial.set_user_attr("complete", ev.complete)
-        # The worst value of each target metric over the images scored (all, when complete):
-        # the quality axis of the report's bytes-quality plot.
-        trial.set_user_attr(
-            "quality",
-            {
-                m: (min if OUTPUTS[m].higher_is_better else max)(
-                    v[m] for v in ev.per_image.values()
-                )
-                for m in target.metrics
-                if ev.per_image
-            },
-        )
-        if on_trial:
-            on_trial(ev)
-        if ev.pruned:
-            raise optuna.TrialPruned(f"running total above the best feasible ({ev.total_bytes})")
-        return ev.total_bytes
 
-    interrupted = False
-    try:
-        study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, catch=())
-    except KeyboardInterrupt:
-        interrupted = True  # finished trials are stored; the caller says how to resume
-    result = _result(study, images, target, aggregate, storage, study_name, t0)
-    result.interrupted = interrupted
-    return result
+        def best_total() -> float | None:
+            try:
+                return study.best_value
+            except ValueError:
+                return None
+
+        t0 = time.perf_counter()
+
+        def objective(trial) -> float:
+            if strategy == "bisect":
+                cand = space.suggest(trial, quality=False)
+                ev = bisect_quality(
+                    images, cand, target, space.quality[cand.codec], aggregate=aggregate
+                )
+                cand = ev.candidate
+            else:
+                cand = space.suggest(trial)
+                ev = evaluate(images, cand, target, aggregate=aggregate, best_total=best_total())
+            trial.set_user_attr("violation", ev.violation if not ev.pruned else 0.0)
+            # Optuna's own constraint support (<= 0 feasible): best_trial is the smallest feasible.
+            trial.set_constraint("target", ev.violation)
+            trial.set_user_attr("candidate", json.loads(json.dumps(cand.as_dict())))
+            trial.set_user_attr("complete", ev.complete)
+            # The worst value of each target metric over the images scored (all, when complete):
+            # the quality axis of the report's bytes-quality plot.
+            trial.set_user_attr(
+                "quality",
+                {
+                    m: (min if OUTPUTS[m].higher_is_better else max)(
+                        v[m] for v in ev.per_image.values()
+                    )
+                    for m in target.metrics
+                    if ev.per_image
+                },
+            )
+            if on_trial:
+                on_trial(ev)
+            if ev.pruned:
+                raise optuna.TrialPruned(
+                    f"running total above the best feasible ({ev.total_bytes})"
+                )
+            return ev.total_bytes
+
+        interrupted = False
+        try:
+            study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, catch=())
+        except KeyboardInterrupt:
+            interrupted = True  # finished trials are stored; the caller says how to resume
+        result = _result(study, images, target, aggregate, storage, study_name, t0)
+        result.interrupted = interrupted
+        return result
+
+
+def _study_lock(storage: str, study_name: str) -> contextlib.AbstractContextManager:
+    """A run lock beside an SQLite study file (no lock for memory or server storages)."""
+    path = (
+        storage.removeprefix("sqlite:///").split("?")[0] if storage.startswith("sqlite:///") else ""
+    )
+    if not path or path == ":memory:":
+        return contextlib.nullcontext()
+    from .locks import RunLock
+
+    return RunLock(
+        Path(path + ".lock"),
+        f"study '{study_name}' ({storage})",
+        hint="an SQLite study takes one process at a time: --jobs N runs parallel trials in "
+        "one process",
+    )
 
 
 def _result(study, images, target, aggregate, storage, name, t0) -> TuneResult:

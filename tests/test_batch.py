@@ -23,6 +23,7 @@ from optimizer.cli import app
 from optimizer.codecs import EncodeSettings
 from optimizer.metrics import MetricSuite
 from optimizer.outcome import ExitCode
+from optimizer.outdir import LOCK_NAME
 from optimizer.scoring import score_pair
 from optimizer.search import Candidate
 from optimizer.targets import parse_target
@@ -31,6 +32,8 @@ from .conftest import ROOT, SAMPLES
 
 runner = CliRunner()
 TARGET = "ssimulacra2>=80"
+#: imgtune's own files in OUT beside the outputs
+OURS = (MANIFEST_NAME, LOCK_NAME)
 
 
 def _ndjson(text: str) -> list[dict]:
@@ -86,10 +89,9 @@ def test_a_second_run_encodes_nothing(optimized):
         again[-1]["encodes_per_image"] == 0
         and again[-1]["output_bytes"] == lines[-1]["output_bytes"]
     )
-    after = {
-        p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
-    }
-    assert all(after[p] == before[p] for p in after)  # nothing rewritten
+    # (the lock file records each run's holder)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in OURS}
+    assert after and all(after[p] == before[p] for p in after)  # no output rewritten
 
 
 def test_a_killed_run_resumes_to_the_same_result(optimized, tmp_path):
@@ -105,7 +107,7 @@ def test_a_killed_run_resumes_to_the_same_result(optimized, tmp_path):
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    finished = [p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST_NAME]
+    finished = [p for p in out.rglob("*") if p.is_file() and p.name not in OURS]
     assert 3 <= len(finished) < 8
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -202,14 +204,46 @@ def test_a_changed_target_redoes_outputs_and_removes_stale_ones(tmp_path):
     )
     a, b = _ndjson(r1.stdout)[0], _ndjson(r2.stdout)[0]
     assert a["status"] == b["status"] == "written"
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_NAME, "coffee.avif"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OURS, "coffee.avif"])
     assert b["scores"]["ssimulacra2"] >= 50 and b["output_bytes"] < a["output_bytes"]
 
 
-def test_output_inside_source_is_refused(tmp_path):
+def test_output_inside_source_and_source_inside_output_are_refused(tmp_path):
     src = _small_set(tmp_path)
     r = runner.invoke(app, ["optimize", str(src), str(src / "out")])
     assert r.exit_code == ExitCode.USAGE and "must not be" in r.stderr
+    # SRC inside OUT: a kept original mirrored to OUT/x could land on the source SRC/x.
+    r = runner.invoke(app, ["optimize", str(src), str(tmp_path)])
+    assert r.exit_code == ExitCode.USAGE and "source folder must not be inside" in r.stderr
+
+
+def test_links_leading_out_of_src_are_skipped_by_name_unless_followed(tmp_path):
+    src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    (elsewhere / "photos").mkdir(parents=True)
+    src.mkdir()
+    for name, where in (("coffee", src), ("chelsea", elsewhere), ("rocket", elsewhere / "photos")):
+        im = Image.open(SAMPLES / f"{name}.png").convert("RGB")
+        im.thumbnail((96, 96))
+        im.save(where / f"{name}.png")
+    (src / "cat.png").symlink_to(elsewhere / "chelsea.png")
+    (src / "more").symlink_to(elsewhere / "photos")
+    (src / "inside.png").symlink_to(src / "coffee.png")  # inside SRC: always followed
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["optimize", str(src), str(out), "--json", "--device", "cpu"])
+    assert r.exit_code == ExitCode.PARTIAL, r.output
+    recs = {rec["source"]: rec for rec in _ndjson(r.stdout)[:-1]}
+    assert set(recs) == {"cat.png", "coffee.png", "inside.png", "more"}
+    for rel, target in (("cat.png", "chelsea.png"), ("more", "photos")):
+        assert recs[rel]["status"] == "skipped" and "--follow-symlinks" in recs[rel]["error"]
+        line = next(x for x in r.stderr.splitlines() if f"{rel}:" in x)
+        assert "leads outside the source folder" in line and target in line
+    assert recs["inside.png"]["status"] == recs["coffee.png"]["status"] == "written"
+    assert not (out / "cat.avif").exists() and not (out / "more").exists()
+    r = runner.invoke(
+        app, ["optimize", str(src), str(out), "--json", "--device", "cpu", "--follow-symlinks"]
+    )
+    assert r.exit_code == 0, r.output
+    assert (out / "cat.avif").is_file() and (out / "more" / "rocket.avif").is_file()
 
 
 def _preset(tmp_path: Path, codec="webp", quality=70, target=TARGET) -> Path:
@@ -292,5 +326,23 @@ def test_ctrl_c_stops_cleanly_with_whole_files_and_exit_130(optimized, tmp_path)
     files = [p for p in out.rglob("*") if p.is_file()]
     assert not [p for p in files if p.name.endswith(".part")]
     for p in files:
-        if p.name != MANIFEST_NAME:
+        if p.name not in OURS:
             Image.open(p).load()  # every output is a whole, decodable file
+
+
+def test_a_codec_that_cannot_hold_the_image_is_not_offered_for_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    strip = np.repeat(rng.integers(60, 200, (17_000 // 50, 1, 3), dtype=np.uint8), 50, axis=0)
+    Image.fromarray(np.repeat(strip, 16, axis=1)).save(src / "tall.png")  # 16 x 17,000
+    Image.fromarray(np.zeros((33_000, 12, 3), np.uint8)).save(src / "taller.png")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["optimize", str(src), str(out), "--json", "--device", "cpu"])
+    assert r.exit_code == ExitCode.PARTIAL, r.output
+    recs = {rec["source"]: rec for rec in _ndjson(r.stdout)[:-1]}
+    assert recs["tall.png"]["status"] in ("written", "kept")  # WebP's 16,383 px left it AVIF
+    assert recs["tall.png"]["codec"] in (None, "avif")
+    taller = recs["taller.png"]
+    assert taller["status"] == "skipped" and "avif 32768, webp 16383 px" in taller["error"]
+    assert "failed" not in r.stderr  # named limits, not a surprise

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from optimizer.images import (
     EmptyFileError,
     NotAFileError,
     NotAnImageError,
+    OutsideSourceError,
     TooManyPixelsError,
     TooSmallError,
     TruncatedImageError,
@@ -420,3 +422,26 @@ def test_an_icc_description_with_a_high_byte_still_converts(tmp_path):
     assert "converted from ICC profile 'unnamed' to sRGB" in src.notes
     r, g, b = (int(v) for v in src.pixels[0, 0])
     assert g > 200 and b < 60 and (r, g, b) != (0, 200, 0)
+
+
+def test_walk_reports_links_out_of_the_root_and_follows_the_rest_on_request(tmp_path):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "in").mkdir(parents=True)
+    (elsewhere / "d").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(root / "in" / "a.png")
+    Image.new("RGB", (16, 16)).save(elsewhere / "b.png")
+    Image.new("RGB", (16, 16)).save(elsewhere / "d" / "c.png")
+    (root / "b.png").symlink_to(elsewhere / "b.png")
+    (root / "d").symlink_to(elsewhere / "d")
+    (root / "again.png").symlink_to(root / "in" / "a.png")  # inside: followed
+    (root / "gone.png").symlink_to(tmp_path / "nothing.png")  # broken: `load` names it
+    found = list(iter_image_files(root))
+    paths = sorted(p.relative_to(root).as_posix() for p in found if isinstance(p, Path))
+    refused = {e.path.name: str(e) for e in found if isinstance(e, OutsideSourceError)}
+    assert paths == ["again.png", "gone.png", "in/a.png"]
+    assert set(refused) == {"b.png", "d"}
+    assert str(elsewhere / "d") in refused["d"] and "--follow-symlinks" in refused["d"]
+    followed = sorted(
+        p.relative_to(root).as_posix() for p in iter_image_files(root, follow_symlinks=True)
+    )
+    assert followed == ["again.png", "b.png", "d/c.png", "gone.png", "in/a.png"]

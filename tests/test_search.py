@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -424,6 +425,51 @@ def test_disk_cache_serves_a_later_run_and_respects_the_metric_spec(small_set, s
     resized = _images(small_set, suite, cache_path=db, max_width=64)
     evaluate(resized, Candidate("webp", 77, "lanczos", 1.0, cand.options), TARGET, stop_early=False)
     assert resized.encodes == len(resized.items)
+
+
+def test_a_damaged_or_foreign_cache_row_is_a_miss_never_a_pass(small_set, suite, tmp_path):
+    import sqlite3
+
+    db = tmp_path / "scores.sqlite"
+    cand = Candidate("webp", 77, None, 1.0, EncodeSettings.make("webp", 77).options)
+    first = _images(small_set, suite, cache_path=db)
+    a = evaluate(first, cand, TARGET, stop_early=False)
+    con = sqlite3.connect(db)
+    keys = [k for (k,) in con.execute("SELECT key FROM scores ORDER BY key")]
+    assert len(keys) == 4
+    damage = [
+        ("scores", '{"ssim": 1.0}'),  # another suite's outputs: a pass it never scored
+        ("scores", "not json"),
+        ("scores", "[" * 10_000 + "]" * 10_000),
+        ("bytes", -5),
+    ]
+    for key, (column, value) in zip(keys, damage, strict=True):
+        con.execute(f"UPDATE scores SET {column} = ? WHERE key = ?", (value, key))
+    con.commit()
+    con.close()
+    later = _images(small_set, suite, cache_path=db)
+    b = evaluate(later, cand, TARGET, stop_early=False)
+    assert later.encodes == 4 and later.cache_hits == 0  # every damaged row rescored
+    assert b.per_image == a.per_image
+
+
+def test_cli_tune_out_mirrors_the_tree_and_refuses_a_folder_inside_the_set(
+    small_set, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    tree = tmp_path / "tree"
+    shutil.copytree(small_set, tree / "sub")
+    shutil.copy(small_set / "coffee.png", tree / "coffee.png")  # the same name, two folders
+    args = ["tune", str(tree), "--target", "ssim>=0.5", "--trials", "2", "--strategy", "tpe"]
+    args += ["--codecs", "webp", "--device", "cpu", "--json"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tree / "sub" / "out")])
+    assert r.exit_code == ExitCode.USAGE and "must not be" in r.stderr, r.output
+    assert not (tmp_path / "studies").exists()  # refused before any work
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("[!.]*") if p.is_file())
+    assert "coffee.webp" in written and "sub/coffee.webp" in written and len(written) == 5
 
 
 def test_seed_makes_the_study_repeatable(small_set, suite):
