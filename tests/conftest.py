@@ -17,7 +17,6 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
-SHARED = ROOT.parent / "shared"
 
 
 def sample_paths() -> list[Path]:
@@ -148,3 +147,20 @@ def adobe_rgb_like_icc() -> bytes:
     )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + data
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests need CUDA: skipped here with the reason (`pytest -m gpu` on a GPU)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason="needs a CUDA device (torch.cuda.is_available() is False here); "
+        "run `pytest -m gpu` on a machine with one"
+    )
+    for item in gpu:
+        item.add_marker(skip)

@@ -1,0 +1,101 @@
+"""The CUDA paths (marked `gpu`; skipped without CUDA): each metric gives the CPU's numbers on
+the GPU, for one candidate and for a batch, and a folder job runs end to end on the device.
+
+Run them where a GPU is: `python -m pytest -m gpu -q`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from .conftest import SAMPLES, blur, jpeg, noise, read_rgb
+
+pytestmark = pytest.mark.gpu
+
+#: (metric, output, absolute tolerance CUDA vs CPU): float32 kernels differ in summation order
+CASES = [
+    ("ssim", "ssim", 1e-4),
+    ("ssim", "ssim_p5", 1e-3),
+    ("ms_ssim", "ms_ssim", 1e-4),
+    ("psnr", "psnr", 1e-3),
+    ("ssimulacra2", "ssimulacra2", 0.05),
+]
+
+
+def _candidates(ref: np.ndarray) -> list[np.ndarray]:
+    return [jpeg(ref, 30), jpeg(ref, 80), blur(ref, 1.0), noise(ref, 6.0)]
+
+
+def test_auto_picks_cuda():
+    from optimizer.metrics import MetricSuite
+
+    assert MetricSuite.build(["psnr"], device="auto").device.type == "cuda"
+
+
+@pytest.mark.parametrize("metric,output,tol", CASES)
+def test_cuda_matches_cpu_one_by_one_and_batched(metric, output, tol):
+    from optimizer.metrics import MetricSuite
+
+    ref = read_rgb(SAMPLES / "chelsea.png")
+    cands = _candidates(ref)
+    cpu = MetricSuite.build([metric], device="cpu")
+    gpu = MetricSuite.build([metric], device="cuda")
+    want = [s[output] for s in cpu.score(cpu.prepare(ref), cands)]
+    prepared = gpu.prepare(ref)
+    batched = [s[output] for s in gpu.score(prepared, cands)]
+    single = [gpu.score(prepared, [c])[0][output] for c in cands]
+    assert batched == pytest.approx(want, abs=tol)
+    assert single == pytest.approx(want, abs=tol)
+    assert len(set(want)) == len(want)  # the candidates differ, so the comparison means something
+
+
+def test_cuda_lpips_matches_cpu(random_weights_dir):
+    from optimizer.metrics import MetricSuite
+
+    ref = read_rgb(SAMPLES / "coffee.png")
+    cands = _candidates(ref)
+    got = {}
+    for device in ("cpu", "cuda"):
+        suite = MetricSuite.build(["lpips"], device=device, weights_dir=random_weights_dir)
+        got[device] = [s["lpips"] for s in suite.score(suite.prepare(ref), cands)]
+    assert got["cuda"] == pytest.approx(got["cpu"], abs=1e-4)
+
+
+def test_identical_images_score_as_identical_on_cuda():
+    from optimizer.metrics import MetricSuite
+
+    ref = read_rgb(SAMPLES / "rocket.png")
+    suite = MetricSuite.build(["ssimulacra2", "ssim", "psnr"], device="cuda")
+    s = suite.score(suite.prepare(ref), [ref])[0]
+    assert s["ssimulacra2"] == pytest.approx(100.0, abs=1e-3)
+    assert s["ssim"] == pytest.approx(1.0, abs=1e-6) and s["psnr"] == float("inf")
+
+
+def test_optimize_on_cuda_writes_outputs_that_meet_the_target_scored_on_the_cpu(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from optimizer.cli import app
+    from optimizer.metrics import MetricSuite
+    from optimizer.scoring import score_pair
+    from optimizer.targets import parse_target
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("coffee", "chelsea"):
+        im = Image.open(SAMPLES / f"{name}.png").convert("RGB")
+        im.thumbnail((256, 256))
+        im.save(src / f"{name}.png")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["optimize", str(src), str(out), "--device", "cuda", "--json"])
+    assert r.exit_code == 0, r.output
+    records = [json.loads(line) for line in r.stdout.splitlines()][:-1]
+    cpu = MetricSuite.build(["ssimulacra2"], device="cpu")
+    target = parse_target("ssimulacra2>=80")
+    for rec in records:
+        assert rec["status"] == "written"
+        result = score_pair(src / rec["source"], out / rec["output"], cpu, target=target)
+        assert not result.missed
+        assert result.scores["ssimulacra2"] == pytest.approx(rec["scores"]["ssimulacra2"], abs=0.1)
