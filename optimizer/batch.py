@@ -568,107 +568,137 @@ def run_folder(
     with out.lock():
         out.clean_partials()  # under the lock: a running job's temp files are its own
         manifest = Manifest(out)
-        for problem in manifest.problems:
-            if on_warning:
+        if on_warning:
+            for problem in manifest.problems:
                 on_warning(problem)
-        if manifest.bad_lines > len(manifest.problems) and on_warning:
-            more = manifest.bad_lines - len(manifest.problems)
-            on_warning(f"{manifest.path}: {more} more invalid lines ignored")
-        summary = _run(
-            src_root, out, manifest, spec, suite, jobs, max_pixels, animated, follow_symlinks,
-            predictor or QualityPredictor(), on_result, on_start,
-        )  # fmt: skip
+            if manifest.bad_lines > len(manifest.problems):
+                more = manifest.bad_lines - len(manifest.problems)
+                on_warning(f"{manifest.path}: {more} more invalid lines ignored")
+        listed = list(iter_image_files(src_root, follow_symlinks=follow_symlinks))
+        if on_start:
+            on_start(len(listed))
+        job = _FolderJob(
+            src_root=src_root,
+            out=out,
+            manifest=manifest,
+            spec=spec,
+            suite=suite,
+            predictor=predictor or QualityPredictor(),
+            names=output_names([p for p in listed if isinstance(p, Path)], src_root),
+            key=spec.key(suite.spec()),
+            max_pixels=max_pixels,
+            animated=animated,
+        )
+        job.replay_history()
+        summary = _drive(job.work, listed, jobs, on_result)
     summary.manifest_problems = manifest.bad_lines
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _run(
-    src_root, out, manifest, spec, suite, jobs, max_pixels, animated, follow_symlinks,
-    predictor, on_result, on_start,
-) -> RunSummary:  # fmt: skip
-    listed = list(iter_image_files(src_root, follow_symlinks=follow_symlinks))
-    sources = [p for p in listed if isinstance(p, Path)]
-    if on_start:
-        on_start(len(listed))
-    names = output_names(sources, src_root)
-    job_key = spec.key(suite.spec())
-    for job, codec, quality in manifest.history:  # a resumed run predicts as the killed one
-        if job == job_key:
-            predictor.record(codec, quality, True)
-    summary = RunSummary()
+@dataclass
+class _FolderJob:
+    """One run's per-image work: what every image of it shares."""
 
-    def work(path: Path | ImageError) -> ImageOutcome:
-        if isinstance(path, ImageError):  # a link out of SRC: reported, never read
-            rel = path.path.relative_to(src_root).as_posix()
-            return ImageOutcome(rel, "skipped", error=str(path))
-        rel = path.relative_to(src_root).as_posix()
+    src_root: Path
+    out: OutputDir
+    manifest: Manifest
+    spec: JobSpec
+    suite: Any
+    predictor: QualityPredictor
+    names: dict[Path, str]  # source -> output stem
+    key: str  # the job's settings, as the manifest records them
+    max_pixels: int
+    animated: str
+
+    def replay_history(self) -> None:
+        """A resumed run predicts qualities as the killed one did."""
+        for job, codec, quality in self.manifest.history:
+            if job == self.key:
+                self.predictor.record(codec, quality, True)
+
+    def work(self, item: Path | ImageError) -> ImageOutcome:
+        if isinstance(item, ImageError):  # a link out of SRC: reported, never read
+            return ImageOutcome(
+                item.path.relative_to(self.src_root).as_posix(), "skipped", error=str(item)
+            )
+        rel = item.relative_to(self.src_root).as_posix()
         try:
-            return _work(path, rel)
+            return self._work(item, rel)
         except OutputUnwritableError:
             raise  # stops the run: every other image would fail the same way
         except UnsafePathError as exc:
-            return ImageOutcome(rel, "skipped", error=f"{path}: output not written: {exc}")
+            return ImageOutcome(rel, "skipped", error=f"{item}: output not written: {exc}")
         except Exception as exc:  # one image's surprise must not cost the others their run
             return ImageOutcome(
                 rel,
                 "skipped",
-                error=f"{path}: failed ({type(exc).__name__}: {exc}); its output was not "
+                error=f"{item}: failed ({type(exc).__name__}: {exc}); its output was not "
                 "written (please report this)",
             )
 
-    def _work(path: Path, rel: str) -> ImageOutcome:
+    def _work(self, path: Path, rel: str) -> ImageOutcome:
+        stem = self.names[path]
         try:
             sha = _sha256(path.read_bytes())
         except OSError:
             sha = None  # unreadable (a broken link, a folder): `load` names the reason below
-        entry = manifest.lookup(rel)
-        if sha and _up_to_date(entry, job_key, sha, out, names[path], rel):
+        entry = self.manifest.lookup(rel)
+        if sha and _up_to_date(entry, self.key, sha, self.out, stem, rel):
             o = ImageOutcome(**{k: entry[k] for k in _OUTCOME_FIELDS if k in entry})
             o.status, o.encodes = "up_to_date", 0
             return o
         outcome, payload = process_image(
             path,
             rel,
-            names[path],
-            out.root,
-            spec,
-            suite,
-            predictor,
-            max_pixels=max_pixels,
-            animated=animated,
+            stem,
+            self.out.root,
+            self.spec,
+            self.suite,
+            self.predictor,
+            max_pixels=self.max_pixels,
+            animated=self.animated,
         )
         if outcome.status == "skipped" or outcome.output is None:
             return outcome
         body = path.read_bytes() if payload is None else payload
         if payload is None:
             outcome.output_bytes = len(body)
-        out.write_bytes(outcome.output, body)
+        self.out.write_bytes(outcome.output, body)
         old = entry["output"] if entry else None
-        if old and old != outcome.output and old in _expected_outputs(names[path], rel):
+        if old and old != outcome.output and old in _expected_outputs(stem, rel):
             # A stale output of an earlier job: removed only if it is still what we wrote.
-            out.remove(old, sha256=entry["output_sha256"])
-        manifest.append(
+            self.out.remove(old, sha256=entry["output_sha256"])
+        self.manifest.append(
             {
                 **outcome.record(),
-                "job": job_key,
+                "job": self.key,
                 "sha256": sha or _sha256(path.read_bytes()),
                 "output_sha256": _sha256(body),
             }
         )
         return outcome
 
+
+def _drive(
+    work: Callable[[Any], ImageOutcome],
+    items: Sequence[Any],
+    jobs: int,
+    on_result: Callable[[ImageOutcome], None] | None,
+) -> RunSummary:
+    """`work` on every item in threads, at most 2 * jobs in flight whatever the folder's size;
+    results in input order. Ctrl-C: the images in flight finish, the summary says so."""
+    summary = RunSummary()
     pending: deque[Future] = deque()
     executor = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="imgtune")
     try:
-        it: Iterator[Path | ImageError] = iter(listed)
+        it: Iterator[Any] = iter(items)
         while True:
-            # Bounded: at most 2 * jobs images in flight, whatever the folder's size.
             while len(pending) < 2 * max(1, jobs):
-                path = next(it, None)
-                if path is None:
+                item = next(it, None)
+                if item is None:
                     break
-                pending.append(executor.submit(work, path))
+                pending.append(executor.submit(work, item))
             if not pending:
                 break
             o = pending.popleft().result()

@@ -23,6 +23,17 @@ def sample_paths() -> list[Path]:
     return sorted(SAMPLES.glob("*.png"))
 
 
+def thumbnails(folder: Path, layout: dict[str, str], side: int = 96) -> Path:
+    """Write sample images shrunk to `side` px as `folder/<rel>` for each rel -> sample name
+    (small: a folder job on them takes a second or two). Returns `folder`."""
+    for rel, name in layout.items():
+        im = Image.open(SAMPLES / f"{name}.png").convert("RGB")
+        im.thumbnail((side, side))
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        im.save(folder / rel)
+    return folder
+
+
 def read_rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 

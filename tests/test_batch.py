@@ -28,7 +28,7 @@ from optimizer.scoring import score_pair
 from optimizer.search import Candidate
 from optimizer.targets import parse_target
 
-from .conftest import ROOT, SAMPLES
+from .conftest import ROOT, SAMPLES, thumbnails
 
 runner = CliRunner()
 TARGET = "ssimulacra2>=80"
@@ -218,13 +218,10 @@ def test_output_inside_source_and_source_inside_output_are_refused(tmp_path):
 
 
 def test_links_leading_out_of_src_are_skipped_by_name_unless_followed(tmp_path):
-    src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
-    (elsewhere / "photos").mkdir(parents=True)
-    src.mkdir()
-    for name, where in (("coffee", src), ("chelsea", elsewhere), ("rocket", elsewhere / "photos")):
-        im = Image.open(SAMPLES / f"{name}.png").convert("RGB")
-        im.thumbnail((96, 96))
-        im.save(where / f"{name}.png")
+    src = thumbnails(tmp_path / "src", {"coffee.png": "coffee"})
+    elsewhere = thumbnails(
+        tmp_path / "elsewhere", {"chelsea.png": "chelsea", "photos/rocket.png": "rocket"}
+    )
     (src / "cat.png").symlink_to(elsewhere / "chelsea.png")
     (src / "more").symlink_to(elsewhere / "photos")
     (src / "inside.png").symlink_to(src / "coffee.png")  # inside SRC: always followed

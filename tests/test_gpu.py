@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import SAMPLES, blur, jpeg, noise, read_rgb
+from .conftest import SAMPLES, blur, jpeg, noise, read_rgb, thumbnails
 
 pytestmark = pytest.mark.gpu
 
@@ -74,7 +74,6 @@ def test_identical_images_score_as_identical_on_cuda():
 
 
 def test_optimize_on_cuda_writes_outputs_that_meet_the_target_scored_on_the_cpu(tmp_path):
-    from PIL import Image
     from typer.testing import CliRunner
 
     from optimizer.cli import app
@@ -82,12 +81,7 @@ def test_optimize_on_cuda_writes_outputs_that_meet_the_target_scored_on_the_cpu(
     from optimizer.scoring import score_pair
     from optimizer.targets import parse_target
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("coffee", "chelsea"):
-        im = Image.open(SAMPLES / f"{name}.png").convert("RGB")
-        im.thumbnail((256, 256))
-        im.save(src / f"{name}.png")
+    src = thumbnails(tmp_path / "src", {"coffee.png": "coffee", "chelsea.png": "chelsea"}, 256)
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["optimize", str(src), str(out), "--device", "cuda", "--json"])
     assert r.exit_code == 0, r.output

@@ -16,7 +16,7 @@ from optimizer.cli import app
 from optimizer.manifest import MANIFEST_NAME, MAX_LINE, Manifest, validate_entry
 from optimizer.outdir import OutputDir
 
-from .conftest import SAMPLES
+from .conftest import thumbnails
 
 runner = CliRunner()
 ARGS = ["--jobs", "1", "--json", "--device", "cpu"]
@@ -37,13 +37,7 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def _sources(root: Path) -> Path:
-    src = root / "src"
-    (src / "sub").mkdir(parents=True)
-    for name, rel in (("coffee", "a.png"), ("chelsea", "b.png"), ("rocket", "sub/c.png")):
-        im = Image.open(SAMPLES / f"{name}.png").convert("RGB")
-        im.thumbnail((96, 96))
-        im.save(src / rel)
-    return src
+    return thumbnails(root / "src", {"a.png": "coffee", "b.png": "chelsea", "sub/c.png": "rocket"})
 
 
 def _line(source: str, output, sha: str = "0" * 64, **extra) -> str:
