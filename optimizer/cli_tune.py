@@ -401,22 +401,18 @@ def _load_folder(
 ):
     from .images import DEFAULT_MAX_PIXELS, ImageError, iter_image_files, load
 
+    limit = max_pixels or DEFAULT_MAX_PIXELS
     sources, skipped = [], 0
-    for path in iter_image_files(folder, follow_symlinks=follow_symlinks):
-        try:
-            if isinstance(path, ImageError):
-                raise path  # a link out of the folder: named, not read
-            sources.append(
-                load(
-                    path,
-                    min_side=min_side,
-                    max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                    animated=animated,
-                )
-            )
-        except ImageError as exc:
+    for item in iter_image_files(folder, follow_symlinks=follow_symlinks):
+        problem = item if isinstance(item, ImageError) else None  # a link out: named, not read
+        if problem is None:
+            try:
+                sources.append(load(item, min_side=min_side, max_pixels=limit, animated=animated))
+            except ImageError as exc:
+                problem = exc
+        if problem is not None:
             skipped += 1
-            err.print(f"[yellow]skipped:[/yellow] {exc}", highlight=False)
+            err.print(f"[yellow]skipped:[/yellow] {problem}", highlight=False)
     return sources, skipped
 
 
