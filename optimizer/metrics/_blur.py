@@ -1,12 +1,11 @@
 """Separable blurs with a 1-D kernel, the inner loop of SSIM, MS-SSIM and SSIMULACRA2.
 
-On the CPU, torch's depthwise convolution is slow along the height (a 9-tap vertical pass over
-nine 768x512 planes took 34 ms, for 64 M multiply-adds; the horizontal pass 13 ms). A blur along
-the height is a product with a banded Toeplitz matrix; done in blocks of 32 output rows, each
-block is one small matrix product per plane that BLAS runs near peak, reading rows that are
-already contiguous, so nothing is copied: 9 ms for the same pass (measured, 2 cores).
-The numbers equal the convolution's to float32 rounding (tested). On CUDA, and inside
-torch.compile, the convolution is used as is.
+On the CPU, torch's depthwise convolution is slow along the height (slower than along the
+width). A blur along the height is a product with a banded Toeplitz matrix; done in blocks of 32
+output rows, each block is one small matrix product per plane that BLAS runs near peak, reading
+rows that are already contiguous, so nothing is copied and the vertical pass is faster (timings
+in benchmarks/RESULTS.md). The numbers equal the convolution's to float32 rounding (tested).
+On CUDA, and inside torch.compile, the convolution is used as is.
 """
 
 from __future__ import annotations

@@ -60,11 +60,12 @@ OUTPUTS: dict[str, MetricOutput] = {
 #: metric classes by name, in the order reports show them
 METRICS: tuple[str, ...] = ("lpips", "ssim", "ms_ssim", "psnr", "ssimulacra2")
 DEFAULT_METRICS: tuple[str, ...] = METRICS
-#: the seed material's composite: renormalised to sum 1 over the components present
+#: the default composite (kept from the prototype imgtune grew out of): renormalised to sum 1
+#: over the components present
 DEFAULT_COMPOSITE_WEIGHTS: dict[str, float] = {"lpips": 0.3, "ssim": 0.3, "psnr": 0.1}
-#: composite components (equal weights) when none of the seed's is enabled
+#: composite components (equal weights) when none of the default's is enabled
 FALLBACK_COMPOSITE: tuple[str, ...] = ("ssimulacra2", "ms_ssim")
-#: composite -> quality level, highest first (the seed material's bands)
+#: composite -> quality level, highest first (the prototype's bands)
 COMPOSITE_LEVELS: tuple[tuple[float, str], ...] = (
     (0.9, "excellent"),
     (0.8, "very_good"),
@@ -86,7 +87,8 @@ def _clamp01(v):
     return v.clamp(0.0, 1.0) if hasattr(v, "clamp") else min(max(v, 0.0), 1.0)
 
 
-# How each output becomes a 0..1 "higher is better" component (the seed's scheme).
+# How each output becomes a 0..1 "higher is better" component (the prototype's scheme: LPIPS as
+# 1 - d, SSIM as is, PSNR / 50 capped at 1).
 _NORMALISE = {
     "lpips": lambda d: _clamp01(1.0 - d),
     "lpips_p95": lambda d: _clamp01(1.0 - d),
@@ -132,7 +134,7 @@ class CompositeSpec:
 
     @classmethod
     def default(cls, available) -> CompositeSpec:
-        """The seed's weights over the enabled metrics; when none of its components is enabled
+        """The default weights over the enabled metrics; when none of its components is enabled
         (e.g. `--metrics ssimulacra2`), equal weights over the enabled of ssimulacra2, ms_ssim."""
         if any(n in available for n in DEFAULT_COMPOSITE_WEIGHTS):
             return cls.from_mapping(DEFAULT_COMPOSITE_WEIGHTS, available=available)
@@ -172,7 +174,7 @@ def quality_level(composite: float) -> str:
 
 
 def lpips_category(distance: float) -> str:
-    """excellent < 0.1, good < 0.2, acceptable < 0.4, else poor (the seed material's bands)."""
+    """excellent < 0.1, good < 0.2, acceptable < 0.4, else poor (the prototype's bands)."""
     for threshold, name in ((0.1, "excellent"), (0.2, "good"), (0.4, "acceptable")):
         if distance < threshold:
             return name

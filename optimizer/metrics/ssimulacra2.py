@@ -1,9 +1,12 @@
 """SSIMULACRA 2.1 in torch, matching Cloudinary's reference C++ implementation.
 
-Reference: cloudinary/ssimulacra2 `src/ssimulacra2.cc` (= libjxl `tools/ssimulacra2.cc`,
-version 2.1, BSD-3); the algorithm, constants and weights as stated in
-`../shared/notes/ssimulacra2.md`. Scale: 100 = identical, 90 visually lossless, 80 very high,
-70 high, 50 medium, 30 low, negative = extremely low.
+Reference: the SSIMULACRA2 reference implementation, version 2.1 (April 2023, BSD-3):
+cloudinary/ssimulacra2 `src/ssimulacra2.cc`, the same code as libjxl `tools/ssimulacra2.cc`.
+The algorithm and the constants below (XYB matrix and bias, C2, the 108 pooling weights, the
+final mapping's coefficients) are that file's, version 2.1; version 2.0 had other weights and
+another mapping, so the two must not be mixed. Scale, from the reference's documentation:
+100 = identical, 90 visually lossless, 80 very high, 70 high, 50 medium, 30 low, negative =
+extremely low.
 
 Per scale (at most six, 2x box downsampling of linear RGB, stop below 8 px) and per XYB channel:
 an SSIM-like error map and two edge-difference maps (ringing/blocking "artifact", blur "detail
@@ -44,6 +47,7 @@ KERNEL = (
     0.009414367809654,
 )
 RADIUS = len(KERNEL) // 2
+#: linear RGB -> XYB: the reference's mixing matrix and bias (libjxl's opsin absorbance values)
 XYB_BIAS = 0.0037930732552754493
 XYB_MATRIX = (
     (0.30, 0.622, 0.078),
@@ -162,8 +166,8 @@ def _band_sums(
 
 def _band_sums_inplace(mu2, s22, s12, own, mu1, var1, edge1) -> torch.Tensor:
     """`_band_sums` without autograd: the same arithmetic in place in the blurs' outputs, and
-    4th-power sums as dot products, so no full-size temporary is allocated per operation
-    (~15% faster on the CPU, measured; equal numbers, tested)."""
+    4th-power sums as dot products, so no full-size temporary is allocated per operation:
+    faster on the CPU (see benchmarks/RESULTS.md); equal numbers, tested."""
     # Products rounded on their own (no fused multiply-add), exactly as `prepare` computes the
     # reference's variance: identical images then give d = 0 exactly, which the 4-norm needs
     # (a 1e-7 residue there is worth 0.2 points).
@@ -309,6 +313,7 @@ class SSIMULACRA2(Metric):
 
 
 def _to_scale(s: torch.Tensor) -> torch.Tensor:
+    """The reference's mapping (version 2.1) of the weighted sum to the 0..100 scale."""
     s = s * 0.9562382616834844
     s = 2.326765642916932 * s - 0.020884521182843837 * s * s + 6.248496625763138e-05 * s**3
     mapped = 100.0 - 10.0 * s.clamp_min(1e-30).pow(0.6276336467831387)
