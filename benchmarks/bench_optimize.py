@@ -20,11 +20,13 @@ import time
 from datetime import date
 from pathlib import Path
 
-from optimizer.batch import JobSpec, QualityPredictor, run_folder
-from optimizer.codecs import EncodeSettings
+from optimizer.batch import run_folder
+from optimizer.image_job import Job
 from optimizer.images import iter_image_files, load
 from optimizer.metrics import MetricSuite
-from optimizer.search import Candidate, ImageSet
+from optimizer.predictor import QualityPredictor
+from optimizer.recipe import Candidate
+from optimizer.search import ImageSet
 from optimizer.targets import parse_target
 
 from ._results import write_section
@@ -48,7 +50,7 @@ def baseline(folder: Path, target, suite, max_width=None, max_height=None) -> di
         images = ImageSet([src], suite, background=bg, max_width=max_width, max_height=max_height)
 
         def probe(q: int, images=images):
-            c = Candidate("jpeg", q, None, 1.0, EncodeSettings.make("jpeg", q).options)
+            c = Candidate.make("jpeg", q)
             nbytes, values = images.score(0, c)
             return nbytes, target.met(values)
 
@@ -83,13 +85,12 @@ def baseline(folder: Path, target, suite, max_width=None, max_height=None) -> di
 def imgtune(
     folder: Path, target, suite, codecs: list[str], name: str, max_width=None, max_height=None
 ) -> dict:
-    bases = tuple(Candidate(c, 75, None, 1.0, EncodeSettings.make(c, 75).options) for c in codecs)
     bg = (255, 255, 255) if codecs == ["jpeg"] else None
-    spec = JobSpec(
-        "optimize", target, bases, background=bg, max_width=max_width, max_height=max_height
-    )
+    job = Job.optimize(target, codecs, background=bg, max_width=max_width, max_height=max_height)
     with tempfile.TemporaryDirectory() as tmp:
-        s = run_folder(folder, Path(tmp) / "out", spec, suite, jobs=1, predictor=QualityPredictor())
+        s = run_folder(
+            folder, Path(tmp) / "out", job, suite=suite, jobs=1, predictor=QualityPredictor()
+        )
     return {
         "name": name,
         "images": s.searched,

@@ -34,10 +34,11 @@ from datetime import date
 from pathlib import Path
 
 from optimizer import transforms
-from optimizer.codecs import EncodeSettings, available_codecs
-from optimizer.images import ImageError, iter_image_files, load
+from optimizer.codecs import available_codecs
+from optimizer.images import load_folder
 from optimizer.metrics import MetricSuite
-from optimizer.search import Candidate, ImageSet, SearchSpace, evaluate, tune
+from optimizer.recipe import Candidate
+from optimizer.search import ImageSet, SearchSpace, evaluate, run_study
 from optimizer.targets import parse_target
 
 from ._results import write_section
@@ -67,18 +68,18 @@ class Grid:
             keys = sorted(opts)
             for values in itertools.product(*(opts[k] for k in keys)):
                 for q, s, f in itertools.product(qualities, self.sharpen, self.filters):
-                    o = EncodeSettings.make(codec, q, **dict(zip(keys, values, strict=True)))
-                    out.append(Candidate(codec, q, f, s, o.options))
+                    opts_ = dict(zip(keys, values, strict=True))
+                    out.append(Candidate.make(codec, q, resize_filter=f, sharpen=s, **opts_))
         return out
 
 
 def load_corpus(folder: Path, min_side: int):
-    sources = []
-    for p in iter_image_files(folder, follow_symlinks=True):
-        try:
-            sources.append(load(p, min_side=min_side))
-        except ImageError as exc:
-            print(f"skipped: {exc}", file=sys.stderr)
+    sources, _ = load_folder(
+        folder,
+        min_side=min_side,
+        follow_symlinks=True,
+        on_skip=lambda exc: print(f"skipped: {exc}", file=sys.stderr),
+    )
     if not sources:
         raise SystemExit(f"{folder}: no usable image")
     return sources
@@ -124,7 +125,8 @@ def run(
     if any(s.has_alpha for s in sources) and "jpeg" in chosen:
         chosen.remove("jpeg")  # as tune does without --background
     resized = any(
-        transforms.fit_size(s.width, s.height, max_width, max_height) != (s.width, s.height)
+        transforms.fit_size(s.width, s.height, max_width=max_width, max_height=max_height)
+        != (s.width, s.height)
         for s in sources
     )
     space = SearchSpace.default(chosen, resized=resized)
@@ -133,7 +135,7 @@ def run(
         grid.filters = tuple(transforms.RESIZE_FILTERS)
     key = hashlib.sha256(
         json.dumps(
-            [sorted(s.sha256 for s in sources), max_width, max_height, suite.spec()],
+            [sorted(s.sha256 for s in sources), max_width, max_height, suite.describe()],
             sort_keys=True,
         ).encode()
     ).hexdigest()[:12]
@@ -150,7 +152,7 @@ def run(
         runs = []
         for seed in seeds:
             fresh = ImageSet(sources, suite, max_width=max_width, max_height=max_height)
-            r = tune(fresh, target, space, trials=budget, seed=seed, strategy=strategy)
+            r = run_study(fresh, target, space, trials=budget, seed=seed, strategy=strategy)
             runs.append(
                 {
                     "ratio": r.best.total_bytes / o_bytes if r.best else None,
@@ -177,14 +179,14 @@ def run(
             continue
         bg = (255, 255, 255) if codec == "jpeg" and shared.has_alpha else None
         imgs = shared if bg is None else ImageSet(sources, suite, background=bg)
-        cand = Candidate(codec, q, None, 1.0, EncodeSettings.make(codec, q).options)
+        cand = Candidate.make(codec, q)
         ev = evaluate(imgs, cand, target, stop_early=False)
         alternatives.append(_alt(f"fixed {codec} q{q}", ev, target))
     for codec in chosen:  # the best single quality per codec, default options
         best = None
         lo, hi = space.quality[codec]
         for q in range(hi, lo - 1, -grid.step):
-            cand = Candidate(codec, q, None, 1.0, EncodeSettings.make(codec, q).options)
+            cand = Candidate.make(codec, q)
             ev = evaluate(shared, cand, target)
             if ev.feasible and ev.complete and (best is None or ev.total_bytes < best.total_bytes):
                 best = ev

@@ -1,7 +1,13 @@
 """imgtune: find the smallest image encoding that still meets a perceptual-quality target.
 
-The Python API mirrors the commands: `score_pair` / `score_dirs` (imgtune score). Metrics live
-in `optimizer.metrics`, image loading in `optimizer.images`, targets in `optimizer.targets`.
+The Python API has the commands' names and defaults (`optimizer.api`):
+
+    import optimizer
+    result = optimizer.tune("photos/", quality="high")     # -> TuneResult (.preset, .recipe)
+    summary = optimizer.optimize("photos/", "out/")         # -> RunSummary
+    pair = optimizer.score("a.png", "a.avif")               # -> PairResult (.scores)
+
+Heavy modules (torch, optuna) load on first use, so `import optimizer` stays cheap.
 """
 
 from __future__ import annotations
@@ -12,6 +18,19 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "tune": ".api",
+    "optimize": ".api",
+    "apply": ".api",
+    "score": ".api",
+    "build_suite": ".api",
+    "TuneResult": ".api",
+    "load_preset": ".presets",
+    "Preset": ".presets",
+    "PresetError": ".presets",
+    "RunSummary": ".batch",
+    "Candidate": ".recipe",
+    "ImgtuneError": ".errors",
+    "UsageError": ".errors",
     "load": ".images",
     "SourceImage": ".images",
     "ImageError": ".images",

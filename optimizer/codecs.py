@@ -9,7 +9,7 @@ Knows nothing of metrics or Optuna.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .errors import UsageError
 from .images import MODES, pil_to_pixels, pixels_to_pil
 
 __all__ = [
@@ -25,12 +26,15 @@ __all__ = [
     "CodecError",
     "EncodeSettings",
     "available_codecs",
+    "check_codecs",
+    "parse_colour",
+    "parse_quality_ranges",
     "decode",
     "encode",
 ]
 
 
-class CodecError(ValueError):
+class CodecError(UsageError):
     """A codec or option that does not exist, or a value outside its range."""
 
 
@@ -138,24 +142,24 @@ class EncodeSettings:
     @classmethod
     def make(cls, codec: str, quality: int, **options: Any) -> EncodeSettings:
         """Validate against the codec's table; unknown names and bad values raise `CodecError`."""
-        spec = CODECS.get(codec)
-        if spec is None:
+        info = CODECS.get(codec)
+        if info is None:
             raise CodecError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}")
-        lo, hi = spec.quality_range
+        lo, hi = info.quality_range
         if isinstance(quality, bool) or not isinstance(quality, int) or not lo <= quality <= hi:
             raise CodecError(f"{codec} quality must be an integer in [{lo}, {hi}], got {quality!r}")
         full = {}
-        for name, opt in spec.options.items():
+        for name, opt in info.options.items():
             full[name] = opt.check(codec, name, options.pop(name, opt.default))
         if options:
             raise CodecError(
                 f"unknown {codec} option(s) {', '.join(sorted(options))}; "
-                f"{codec} takes: {', '.join(spec.options) or 'none'}"
+                f"{codec} takes: {', '.join(info.options) or 'none'}"
             )
         return cls(codec, quality, tuple(sorted(full.items())))
 
     @property
-    def spec(self) -> Codec:
+    def info(self) -> Codec:
         return CODECS[self.codec]
 
     def pillow_kwargs(self, grey: bool = False) -> dict[str, Any]:
@@ -171,17 +175,17 @@ def available_codecs() -> dict[str, bool]:
     """Which codecs this Pillow can encode *and* decode (checked once per process)."""
     out = {}
     probe = Image.new("RGB", (16, 16), (120, 60, 30))
-    for name, spec in CODECS.items():
+    for name, info in CODECS.items():
         ok = True
-        if spec.plugin:
+        if info.plugin:
             try:
-                __import__(spec.plugin)
+                __import__(info.plugin)
             except ImportError:
                 ok = False
         if ok:
             try:
                 buf = io.BytesIO()
-                probe.save(buf, spec.pil_format, quality=80)
+                probe.save(buf, info.pil_format, quality=80)
                 Image.open(io.BytesIO(buf.getvalue())).load()
             except (OSError, KeyError, ValueError):
                 ok = False
@@ -189,12 +193,76 @@ def available_codecs() -> dict[str, bool]:
     return out
 
 
-def _to_pil(pixels: np.ndarray, background: tuple[int, int, int] | None, spec: Codec):
+def check_codecs(names: str | Sequence[str] | None, *, default: Sequence[str] = ()) -> list[str]:
+    """The codecs named (a comma-separated string or a list), each known and available here;
+    None: `default`, or every available codec but JPEG XL (most browsers cannot show it).
+    Raises `CodecError` naming the codecs that cannot be used and those that can."""
+    avail = [c for c, ok in available_codecs().items() if ok]
+    if names is None:
+        chosen = list(default) or [c for c in avail if c != "jxl"]
+    elif isinstance(names, str):
+        chosen = [c.strip() for c in names.split(",") if c.strip()]
+    else:
+        chosen = [c.strip() for c in names]
+    bad = [c for c in chosen if c not in avail]
+    if bad or not chosen:
+        raise CodecError(
+            f"codec(s) {', '.join(bad) or '(none)'} not available; available: {', '.join(avail)}"
+        )
+    return chosen
+
+
+def parse_quality_ranges(
+    text: str | Mapping[str, tuple[int, int]] | None, codecs: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """'jpeg=50-95,avif=30-80' (or a mapping) -> per-codec quality bounds, each checked against
+    the codec's own quality scale; only `codecs` may be named."""
+    items: list[tuple[str, str, tuple[int, int] | None]] = []  # (as given, codec, bounds)
+    if isinstance(text, Mapping):
+        items = [(f"{k}={v}", k, tuple(v)) for k, v in text.items()]  # type: ignore[misc]
+    else:
+        for item in filter(None, (t.strip() for t in (text or "").split(","))):
+            name, _, rng = item.partition("=")
+            lo, _, hi = rng.partition("-")
+            ok = lo.isdigit() and hi.isdigit()
+            items.append((item, name, (int(lo), int(hi)) if ok else None))
+    out: dict[str, tuple[int, int]] = {}
+    for shown, name, rng in items:
+        if name not in codecs or rng is None or len(rng) != 2:
+            raise CodecError(
+                f"bad quality range {shown!r}: expected CODEC=LOW-HIGH with CODEC one of "
+                f"{', '.join(codecs)}"
+            )
+        a, b = rng
+        qlo, qhi = CODECS[name].quality_range
+        if not all(isinstance(v, int) for v in rng) or not qlo <= a <= b <= qhi:
+            raise CodecError(f"{shown!r}: {name} quality runs {qlo}-{qhi}, low <= high")
+        out[name] = (a, b)
+    return out
+
+
+def parse_colour(text: str | Sequence[int] | None) -> tuple[int, int, int] | None:
+    """A background to flatten transparency onto: white, black, #RRGGBB or (r, g, b)."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        rgb = tuple(text)
+        if len(rgb) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in rgb):
+            raise CodecError(f"{text!r} is not a colour: use (r, g, b) with values 0-255")
+        return rgb  # type: ignore[return-value]
+    t = text.strip().lstrip("#")
+    t = {"white": "ffffff", "black": "000000"}.get(t.lower(), t)
+    if len(t) != 6 or any(ch not in "0123456789abcdefABCDEF" for ch in t):
+        raise CodecError(f"{text!r} is not a colour: use white, black or #RRGGBB")
+    return tuple(int(t[k : k + 2], 16) for k in (0, 2, 4))  # type: ignore[return-value]
+
+
+def _to_pil(pixels: np.ndarray, background: tuple[int, int, int] | None, info: Codec):
     c = pixels.shape[2]
-    if c in (2, 4) and not spec.supports_alpha:
+    if c in (2, 4) and not info.supports_alpha:
         if background is None:
             raise CodecError(
-                f"{spec.name} has no alpha channel and this image has real transparency; "
+                f"{info.name} has no alpha channel and this image has real transparency; "
                 f"give a background colour to flatten onto, or use webp/avif"
             )
         colour = pixels[:, :, :-1].astype(np.float32)
@@ -213,13 +281,13 @@ def encode(
     background: tuple[int, int, int] | None = None,
 ) -> bytes:
     """Encode uint8 H x W x C pixels (C = 1..4) with Pillow; returns the file's bytes."""
-    spec = settings.spec
-    if not available_codecs().get(spec.name):
-        hint = f" (pip install {spec.plugin.replace('_', '-')}-plugin)" if spec.plugin else ""
-        raise CodecError(f"codec {spec.name} is not available in this Pillow{hint}")
-    im = _to_pil(pixels, background, spec)
+    info = settings.info
+    if not available_codecs().get(info.name):
+        hint = f" (pip install {info.plugin.replace('_', '-')}-plugin)" if info.plugin else ""
+        raise CodecError(f"codec {info.name} is not available in this Pillow{hint}")
+    im = _to_pil(pixels, background, info)
     buf = io.BytesIO()
-    im.save(buf, spec.pil_format, **settings.pillow_kwargs(grey=im.mode in ("L", "LA")))
+    im.save(buf, info.pil_format, **settings.pillow_kwargs(grey=im.mode in ("L", "LA")))
     return buf.getvalue()
 
 

@@ -22,6 +22,9 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
+from .errors import UsageError
+from .presets import Preset
+
 __all__ = ["FORMATS", "render"]
 
 # Pillow filter -> (sharp kernel, libvips kernel, ImageMagick filter), nearest where inexact
@@ -40,24 +43,21 @@ _INEXACT_KERNEL = {
 
 
 class _P:
-    """The preset's recipe, flattened for the renderers."""
+    """A preset's recipe, flattened for the renderers, with the paths for the placeholders."""
 
-    def __init__(
-        self, preset: dict[str, Any], input: str | None = None, output: str | None = None
-    ) -> None:
+    def __init__(self, preset: Preset, input: str | None = None, output: str | None = None) -> None:
+        self.preset = preset
         self.input, self.output = input, output  # None: leave the placeholder
-        params = preset["params"]
-        self.codec: str = params["codec"]
-        self.quality: int = int(params["quality"])
-        self.options: dict[str, Any] = dict(params.get("options") or {})
-        self.filter: str = params.get("resize_filter") or "lanczos"
-        self.sharpen: float = float(params.get("sharpen", 1.0))
-        size = preset.get("max_size")
-        self.max_w, self.max_h = (size[0], size[1]) if size else (None, None)
-        bg = preset.get("background")
-        self.background = tuple(bg) if bg else None
-        self.target = preset.get("target", {}).get("spec", "")
-        self.kwargs = dict(preset.get("pillow_save_kwargs") or {})
+        c = preset.candidate
+        self.codec: str = c.codec
+        self.quality: int = c.quality
+        self.options: dict[str, Any] = dict(c.options)
+        self.filter: str = c.resize_filter or "lanczos"
+        self.sharpen: float = c.sharpen
+        self.max_w, self.max_h = preset.max_size or (None, None)
+        self.background = preset.background
+        self.target = preset.target
+        self.kwargs = dict(preset.pillow_save_kwargs)
 
     @property
     def resized(self) -> bool:
@@ -317,7 +317,7 @@ def _vipsthumbnail(p: _P) -> str:
 
 def _cwebp(p: _P) -> str:
     if p.codec != "webp":
-        raise ValueError(f"cwebp writes WebP; this preset's codec is {p.codec}")
+        raise UsageError(f"cwebp writes WebP; this preset's codec is {p.codec}")
     notes = []
     args = [
         "cwebp",
@@ -346,7 +346,7 @@ def _cwebp(p: _P) -> str:
 
 def _avifenc(p: _P) -> str:
     if p.codec != "avif":
-        raise ValueError(f"avifenc writes AVIF; this preset's codec is {p.codec}")
+        raise UsageError(f"avifenc writes AVIF; this preset's codec is {p.codec}")
     q = _avif_quantizer(p.quality)
     yuv = "444" if p.subsampling == "4:4:4" else "420"
     notes = [
@@ -370,7 +370,7 @@ def _avifenc(p: _P) -> str:
 
 def _cjpeg(p: _P) -> str:
     if p.codec != "jpeg":
-        raise ValueError(f"cjpeg writes JPEG; this preset's codec is {p.codec}")
+        raise UsageError(f"cjpeg writes JPEG; this preset's codec is {p.codec}")
     sample = "1x1" if p.subsampling == "4:4:4" else "2x2"
     args = ["cjpeg", "-quality", str(p.quality), "-sample", sample]
     if p.options.get("progressive", True):
@@ -418,9 +418,10 @@ def _magick(p: _P) -> str:
     return _shell(p, notes, _cmd(p, *args))
 
 
-def _json(p: _P, preset: dict[str, Any]) -> str:
+def _json(p: _P) -> str:
+    preset = p.preset.to_dict()
     keep = ("schema", "params", "pillow_save_kwargs", "max_size", "background", "target")
-    return json.dumps({k: preset.get(k) for k in keep}, indent=2) + "\n"
+    return json.dumps({k: preset[k] for k in keep}, indent=2) + "\n"
 
 
 def _toml_value(v: Any) -> str:
@@ -433,14 +434,15 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def _toml(p: _P, preset: dict[str, Any]) -> str:
-    lines = ["# imgtune preset", f"schema = {preset.get('schema', 1)}"]
-    if preset.get("max_size"):
+def _toml(p: _P) -> str:
+    preset = p.preset.to_dict()
+    lines = ["# imgtune preset", f"schema = {preset['schema']}"]
+    if preset["max_size"]:
         lines.append(f"max_size = {_toml_value([x or 0 for x in preset['max_size']])}")
-    if preset.get("background"):
+    if preset["background"]:
         lines.append(f"background = {_toml_value(preset['background'])}")
-    params = dict(preset["params"])
-    opts = params.pop("options", {}) or {}
+    params = preset["params"]
+    opts = params.pop("options")
     lines.append("\n[params]")
     for k, v in params.items():
         if v is not None:
@@ -448,15 +450,13 @@ def _toml(p: _P, preset: dict[str, Any]) -> str:
     lines.append("\n[params.options]")
     lines += [f"{k} = {_toml_value(v)}" for k, v in opts.items()]
     lines.append("\n[pillow_save_kwargs]")
-    lines += [
-        f"{k} = {_toml_value(v)}" for k, v in (preset.get("pillow_save_kwargs") or {}).items()
-    ]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in preset["pillow_save_kwargs"].items()]
     lines.append("\n[target]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in (preset.get("target") or {}).items()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in preset["target"].items()]
     return "\n".join(lines) + "\n"
 
 
-_RENDERERS: dict[str, Callable[..., str]] = {
+_RENDERERS: dict[str, Callable[[_P], str]] = {
     "pillow": _pillow,
     "pillow-python": _pillow_python,
     "sharp": _sharp,
@@ -473,12 +473,18 @@ FORMATS: tuple[str, ...] = tuple(_RENDERERS)
 
 
 def render(
-    preset: dict[str, Any], fmt: str, *, input: str | None = None, output: str | None = None
+    preset: Preset | dict[str, Any],
+    fmt: str,
+    *,
+    input: str | None = None,
+    output: str | None = None,
 ) -> str:
     """The preset as `fmt`; `input`/`output` fill the placeholders of command-line formats,
-    quoted for POSIX sh (the scripts and configs take no paths)."""
+    quoted for POSIX sh (the scripts and configs take no paths). A dict is parsed with
+    `Preset.from_dict` first (`PresetError` if it is not a valid preset); a format that
+    cannot express the preset (cwebp for an AVIF recipe) or an unknown one is a `UsageError`."""
     if fmt not in _RENDERERS:
-        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
-    p = _P(preset, input=input, output=output)
-    fn = _RENDERERS[fmt]
-    return fn(p, preset) if fmt in ("json", "toml") else fn(p)
+        raise UsageError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    if not isinstance(preset, Preset):
+        preset = Preset.from_dict(preset)
+    return _RENDERERS[fmt](_P(preset, input=input, output=output))

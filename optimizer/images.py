@@ -13,13 +13,15 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from .errors import ImgtuneError, UsageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -37,8 +39,11 @@ __all__ = [
     "TooSmallError",
     "TruncatedImageError",
     "UnsupportedImageError",
+    "AnimatedPolicy",
+    "check_animated",
     "iter_image_files",
     "load",
+    "load_folder",
     "pil_to_pixels",
     "pixels_to_pil",
 ]
@@ -49,7 +54,14 @@ DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 AnimatedPolicy = Literal["refuse", "first"]
 
 
-class ImageError(Exception):
+def check_animated(policy: str) -> AnimatedPolicy:
+    """`policy` if it is one `load` knows, else a `UsageError` naming the choices."""
+    if policy not in ("refuse", "first"):
+        raise UsageError(f"animated must be 'refuse' or 'first', not {policy!r}")
+    return policy  # type: ignore[return-value]
+
+
+class ImageError(ImgtuneError):
     """An input that cannot be used. `str()` is one line: the file, the reason, the remedy."""
 
     reason = "unusable image"
@@ -521,3 +533,32 @@ def iter_image_files(
                 yield entry
 
     yield from walk(root)
+
+
+def load_folder(
+    folder: str | os.PathLike[str],
+    *,
+    min_side: int = 1,
+    follow_symlinks: bool = False,
+    max_pixels: int | None = None,
+    animated: AnimatedPolicy = "refuse",
+    on_skip: Callable[[ImageError], None] | None = None,
+) -> tuple[list[SourceImage], list[ImageError]]:
+    """Every usable image under `folder` (sorted), and why each other one was skipped (also
+    passed to `on_skip` as it happens). Decodes everything: for sets that fit in memory (`tune`);
+    folder jobs stream their images one by one instead."""
+    sources: list[SourceImage] = []
+    skipped: list[ImageError] = []
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    for item in iter_image_files(folder, follow_symlinks=follow_symlinks):
+        problem = item if isinstance(item, ImageError) else None  # a link out: named, not read
+        if problem is None:
+            try:
+                sources.append(load(item, min_side=min_side, max_pixels=limit, animated=animated))
+            except ImageError as exc:
+                problem = exc
+        if problem is not None:
+            skipped.append(problem)
+            if on_skip:
+                on_skip(problem)
+    return sources, skipped

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .errors import ImgtuneError
+
 __all__ = ["AlreadyRunningError", "RunLock"]
 
 try:
@@ -33,7 +35,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-class AlreadyRunningError(RuntimeError):
+class AlreadyRunningError(ImgtuneError, RuntimeError):
     """Another process holds the lock. `holder` is what it wrote (may be empty)."""
 
     def __init__(self, what: str, path: Path, holder: dict[str, Any], hint: str = "") -> None:

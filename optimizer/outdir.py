@@ -26,6 +26,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import ImgtuneError, UsageError
 from .locks import RunLock
 
 __all__ = [
@@ -54,12 +55,12 @@ _DIR_FLAGS = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
 _LINKED = frozenset({errno.ELOOP, errno.EMLINK, errno.ENOTDIR})
 
 
-class UnsafePathError(Exception):
+class UnsafePathError(ImgtuneError):
     """A path from data or the tree that would reach outside the output folder, or through a
     symbolic link; nothing was done with it."""
 
 
-class OutputUnwritableError(Exception):
+class OutputUnwritableError(ImgtuneError):
     """The output folder takes no more writes (full disk, read-only, permissions)."""
 
     def __init__(self, root: Path, target: str, exc: OSError) -> None:
@@ -105,14 +106,14 @@ def output_names(sources: Sequence[Path], root: Path) -> dict[Path, str]:
 
 
 def check_roots(src_root: Path, out_root: Path) -> None:
-    """ValueError unless the two folders (resolved) are apart: outputs inside the source tree
+    """`UsageError` unless the two folders (resolved) are apart: outputs inside the source tree
     would be read as sources by the next run, and with the source folder inside the output
     folder a kept original's copy could land on a source (SRC/x.png <- SRC/sub/x.png)."""
     src_root, out_root = src_root.resolve(), out_root.resolve()
     if out_root == src_root or src_root in out_root.parents:
-        raise ValueError(f"{out_root}: the output folder must not be (inside) the source folder")
+        raise UsageError(f"{out_root}: the output folder must not be (inside) the source folder")
     if out_root in src_root.parents:
-        raise ValueError(f"{src_root}: the source folder must not be inside the output folder")
+        raise UsageError(f"{src_root}: the source folder must not be inside the output folder")
 
 
 class OutputDir:

@@ -252,6 +252,30 @@ def _summary(preset: dict[str, Any] | None) -> str:
     return f"<h2>Summary</h2><table>{body}</table><pre>{html.escape(json.dumps(p))}</pre>"
 
 
+def report_images(images, cand) -> list[dict[str, Any]]:
+    """Per image of a `search.ImageSet`: the reference at output size and `cand`'s decoded
+    output, for the report's crops."""
+    from .codecs import CODECS, decode
+    from .transforms import reference
+
+    out = []
+    for it in images.items:
+        src = it.source
+        ref = src.pixels if it.size == (src.width, src.height) else reference(src.pixels, it.size)
+        _, data = images.render(it, cand)
+        alpha = src.has_alpha and CODECS[cand.codec].supports_alpha
+        channels = src.channels if alpha or not src.has_alpha else src.channels - 1
+        out.append(
+            {
+                "name": src.path.name,
+                "reference": ref[:, :, :channels] if channels < ref.shape[2] else ref,
+                "output": decode(data, channels=channels),
+                "caption": f"{cand.codec} q{cand.quality}, {len(data):,} bytes",
+            }
+        )
+    return out
+
+
 def write_report(path: str | Path, text: str) -> Path:
     from .files import atomic_write_text
 

@@ -19,6 +19,7 @@ from .targets import Target
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .metrics.catalog import CompositeSpec
     from .metrics.suite import MetricSuite, Scores
 
 __all__ = ["PairResult", "Problem", "ScoreReport", "pair_files", "score_dirs", "score_pair"]
@@ -42,6 +43,9 @@ class PairResult:
     candidate: Path
     scores: Scores
     missed: tuple[str, ...] = ()
+    #: the target judged (None: none given) and the composite's weights, for whoever prints
+    target: Target | None = field(default=None, compare=False)
+    composite: CompositeSpec | None = field(default=None, compare=False, repr=False)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -59,6 +63,8 @@ class ScoreReport:
     results: list[PairResult] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     interrupted: bool = False
+    target: Target | None = None
+    composite: CompositeSpec | None = field(default=None, repr=False)
 
     @property
     def counts(self) -> RunCounts:
@@ -121,7 +127,13 @@ def score_pair(
     scores = suite.score_pair(ref.pixels, cand.pixels)
     missed = tuple(str(c) for c in target.failures(scores.values)) if target else ()
     return PairResult(
-        name or Path(candidate).name, Path(reference), Path(candidate), scores, missed
+        name or Path(candidate).name,
+        Path(reference),
+        Path(candidate),
+        scores,
+        missed,
+        target,
+        suite.composite,
     )
 
 
@@ -145,26 +157,26 @@ def _index(root: Path, follow_symlinks: bool) -> tuple[dict[str, Path], list[Pro
 
 
 def pair_files(
-    dir_a: str | Path, dir_b: str | Path, *, follow_symlinks: bool = False
+    reference: str | Path, candidate: str | Path, *, follow_symlinks: bool = False
 ) -> tuple[list[tuple[str, Path, Path]], list[Problem]]:
     """Pair images by relative path without extension (`a/x.png` with `b/x.webp`). Links that
     lead out of their folder are problems unless `follow_symlinks`."""
-    a, pa = _index(Path(dir_a), follow_symlinks)
-    b, pb = _index(Path(dir_b), follow_symlinks)
+    a, pa = _index(Path(reference), follow_symlinks)
+    b, pb = _index(Path(candidate), follow_symlinks)
     pairs = [(k, a[k], b[k]) for k in sorted(a.keys() & b.keys())]
     problems = pa + pb
     problems += [
-        Problem(a[k], f"{a[k]}: no counterpart in {dir_b}") for k in sorted(a.keys() - b.keys())
+        Problem(a[k], f"{a[k]}: no counterpart in {candidate}") for k in sorted(a.keys() - b.keys())
     ]
     problems += [
-        Problem(b[k], f"{b[k]}: no counterpart in {dir_a}") for k in sorted(b.keys() - a.keys())
+        Problem(b[k], f"{b[k]}: no counterpart in {reference}") for k in sorted(b.keys() - a.keys())
     ]
     return pairs, problems
 
 
 def score_dirs(
-    dir_a: str | Path,
-    dir_b: str | Path,
+    reference: str | Path,
+    candidate: str | Path,
     suite: MetricSuite,
     *,
     target: Target | None = None,
@@ -175,9 +187,9 @@ def score_dirs(
     follow_symlinks: bool = False,
 ) -> ScoreReport:
     """Score every pair of two folders; unpaired and unreadable files become `problems`."""
-    report = ScoreReport()
+    report = ScoreReport(target=target, composite=suite.composite)
     if pairs is None:
-        pairs, report.problems = pair_files(dir_a, dir_b, follow_symlinks=follow_symlinks)
+        pairs, report.problems = pair_files(reference, candidate, follow_symlinks=follow_symlinks)
         if on_result:
             for p in report.problems:
                 on_result(p)

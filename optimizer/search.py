@@ -1,4 +1,4 @@
-"""`tune`: an Optuna study per image set that finds the smallest recipe meeting a quality target.
+"""The study behind `tune`: an Optuna study per image set for the smallest recipe meeting a target.
 
 Objective: total bytes of the set (minimised). Constraint: the target holds for the set's
 aggregate (every image by default), through Optuna's own constraint support, so
@@ -18,65 +18,37 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from . import codecs, transforms
 from .codecs import CODECS, EncodeSettings, available_codecs
+from .errors import UsageError
 from .images import SourceImage
 from .metrics.catalog import OUTPUTS
 from .outdir import OutputDir, output_names
-from .targets import Target
+from .quality_search import Probe, lowest_passing
+from .recipe import Candidate
+from .targets import Target, check_aggregate
 
 __all__ = [
-    "QUALITY_LEVELS",
-    "Candidate",
     "Evaluation",
     "ImageSet",
     "SearchSpace",
     "STRATEGIES",
     "StudyMismatchError",
-    "TuneResult",
+    "StudyResult",
     "bisect_quality",
     "evaluate",
-    "tune",
+    "run_study",
 ]
 
-#: named quality levels -> targets on SSIMULACRA2's published scale (weight-free): 50 medium,
-#: 70 high (artifacts visible, not annoying), 80 very high (not noticeable side by side at 1:1),
-#: 90 visually lossless
-QUALITY_LEVELS: dict[str, str] = {
-    "low": "ssimulacra2>=50",
-    "medium": "ssimulacra2>=70",
-    "high": "ssimulacra2>=80",
-    "lossless-looking": "ssimulacra2>=90",
-}
 
-
-class StudyMismatchError(RuntimeError):
+class StudyMismatchError(UsageError):
     """The stored study was made for another image set, target or search space."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One recipe: the contract of DESIGN.md section 2 (hashable: the cache key)."""
-
-    codec: str
-    quality: int
-    resize_filter: str | None = None
-    sharpen: float = 1.0
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def settings(self) -> EncodeSettings:
-        return EncodeSettings.make(self.codec, self.quality, **dict(self.options))
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["options"] = dict(self.options)
-        return d
 
 
 @dataclass(frozen=True)
@@ -184,7 +156,9 @@ class ImageSet:
         self.background = background
         self.items: list[_Item] = []
         for src in sources:
-            size = transforms.fit_size(src.width, src.height, max_width, max_height)
+            size = transforms.fit_size(
+                src.width, src.height, max_width=max_width, max_height=max_height
+            )
             ref = (
                 src.pixels
                 if size == (src.width, src.height)
@@ -208,7 +182,7 @@ class ImageSet:
         self._pixels: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._inflight: dict[tuple[str, Candidate], threading.Event] = {}
         self.total_pixels = sum(it.size[0] * it.size[1] for it in self.items)
-        self._spec = json.dumps(suite.spec(), sort_keys=True)
+        self._spec = json.dumps(suite.describe(), sort_keys=True)
         self._db = None
         if cache_path is not None:
             import sqlite3
@@ -445,17 +419,15 @@ def evaluate(
     return Evaluation(cand, float(running), violation == 0.0, True, violation, per_image)
 
 
-STRATEGIES = ("tpe", "bisect")
+#: how a study searches quality: "bisect" per sampled recipe, or "tpe" like every dimension
+Strategy = Literal["bisect", "tpe"]
+STRATEGIES: tuple[Strategy, ...] = ("bisect", "tpe")
 
 
 def _margin(ev: Evaluation, target: Target) -> float:
     """Signed distance to the target, relative to each bound: > 0 inside, < 0 outside."""
     if ev.feasible:
-        return min(
-            c.margin(v[c.metric]) / max(abs(c.value), 1e-9)
-            for c in target.clauses
-            for v in ev.per_image.values()
-        )
+        return min(target.margin(v) for v in ev.per_image.values())
     return -ev.violation / max(max(abs(c.value) for c in target.clauses), 1e-9)
 
 
@@ -463,56 +435,24 @@ def bisect_quality(
     images: ImageSet,
     cand: Candidate,
     target: Target,
-    bounds: tuple[int, int],
     *,
+    bounds: tuple[int, int],
     aggregate: str = "min",
 ) -> Evaluation:
-    """The lowest quality in `bounds` at which `cand`'s recipe meets the target, found by
-    bisection with interpolation between the bracketing probes (regula falsi on the margin,
-    as ab-av1 does for CRF), falling back to the midpoint when interpolation stalls.
+    """The lowest quality in `bounds` at which `cand`'s recipe meets the target on the set
+    (`quality_search.lowest_passing` with its defaults: the top, the bottom, then interpolation
+    to one quality step). Infeasible even at the top of `bounds`: that evaluation is returned."""
 
-    The metric is only nearly monotone in quality (JPEG quantisation tables make small dips), so
-    the answer is always a probe that was itself evaluated feasible, never an assumption.
-    Infeasible even at the top of `bounds`: that evaluation is returned.
-    """
-    lo, hi = bounds
+    def probe(q: int) -> Probe:
+        ev = evaluate(images, cand.with_quality(q), target, aggregate=aggregate)
+        return Probe(q, ev.total_bytes, ev.feasible, _margin(ev, target), ev)
 
-    def probe(q: int) -> Evaluation:
-        c = Candidate(
-            cand.codec,
-            q,
-            cand.resize_filter,
-            cand.sharpen,
-            EncodeSettings.make(cand.codec, q, **dict(cand.options)).options,
-        )
-        return evaluate(images, c, target, aggregate=aggregate)
-
-    top = probe(hi)
-    if not top.feasible:
-        return top
-    bottom = probe(lo)
-    if bottom.feasible:
-        return bottom
-    good_q, good, bad_q, bad = hi, top, lo, bottom
-    while good_q - bad_q > 1:
-        m_good, m_bad = _margin(good, target), _margin(bad, target)
-        mid = (bad_q + good_q) // 2
-        q = mid
-        if m_good > m_bad:
-            guess = bad_q + (good_q - bad_q) * (-m_bad) / (m_good - m_bad)
-            if math.isfinite(guess):
-                q = round(guess)
-        q = min(max(q, bad_q + 1), good_q - 1)
-        ev = probe(q)
-        if ev.feasible:
-            good_q, good = q, ev
-        else:
-            bad_q, bad = q, ev
-    return good
+    found = lowest_passing(probe, bounds)
+    return (found.best or found.probes[0]).result
 
 
 @dataclass
-class TuneResult:
+class StudyResult:
     study_name: str
     storage: str
     best: Evaluation | None  # None when no trial met the target
@@ -527,60 +467,55 @@ class TuneResult:
     interrupted: bool = False
 
 
-def _study_attrs(images: ImageSet, target: Target, aggregate: str, space: SearchSpace) -> dict:
+def _study_attrs(images: ImageSet, target: Target, *, aggregate: str, space: SearchSpace) -> dict:
     return {
         "images": images.fingerprint(),
         "target": str(target),
         "aggregate": aggregate,
         "space": space.describe(),
-        "metrics": images.suite.spec(),
+        "metrics": images.suite.describe(),
     }
 
 
-def tune(
+def run_study(
     images: ImageSet,
     target: Target,
     space: SearchSpace,
     *,
-    trials: int = 40,
+    trials: int = 20,
     timeout: float | None = None,
     seed: int | None = None,
     aggregate: str = "min",
     storage: str | None = None,
     study_name: str = "imgtune",
     new_study: bool = False,
-    strategy: str = "tpe",
+    strategy: Strategy = "bisect",
     jobs: int = 1,
     on_trial: Callable[[Evaluation], None] | None = None,
-) -> TuneResult:
-    """Run (or resume) the study; returns the smallest feasible recipe found.
+) -> StudyResult:
+    """Run (or resume) the Optuna study of `images`; returns the smallest feasible recipe found.
 
-    `strategy="tpe"` lets Optuna sample every dimension; `"bisect"` lets it sample the recipe
-    (codec, options, filter, sharpening) and finds each recipe's quality with `bisect_quality`.
+    `strategy="bisect"` lets Optuna sample the recipe (codec, options, filter, sharpening) and
+    finds each recipe's quality with `bisect_quality`; `"tpe"` lets it sample every dimension
+    (more trials for the same result: benchmarks/RESULTS.md). `seed` seeds Optuna's sampler, so
+    a study repeats on the same machine. `storage`: an Optuna storage URL (None: in memory).
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for c in space.codecs:
         if not available_codecs().get(c):
-            raise ValueError(f"codec {c} is not available in this Pillow")
+            raise UsageError(f"codec {c} is not available in this Pillow")
     if images.has_alpha and images.background is None and "jpeg" in space.codecs:
-        raise ValueError("the set has images with transparency: JPEG needs --background")
-    if (
-        aggregate != "min"
-        and aggregate != "mean"
-        and not (
-            aggregate.startswith("p") and aggregate[1:].isdigit() and 0 < int(aggregate[1:]) < 100
-        )
-    ):
-        raise ValueError(f"aggregate must be min, mean or pNN (e.g. p10), not {aggregate!r}")
+        raise UsageError("the set has images with transparency: JPEG needs a background colour")
+    check_aggregate(aggregate)
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+        raise UsageError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     # No storage given: Optuna's in-memory storage (an in-memory SQLite URL would give each
     # --jobs thread its own empty database).
     backend = optuna.storages.InMemoryStorage() if storage is None else storage
     storage = storage or "memory"
-    attrs = _study_attrs(images, target, aggregate, space)
+    attrs = _study_attrs(images, target, aggregate=aggregate, space=space)
     attrs["strategy"] = strategy
     # As the storage will give it back (tuples become lists): compare like with like.
     attrs = json.loads(json.dumps(attrs))
@@ -623,7 +558,7 @@ def tune(
             if strategy == "bisect":
                 cand = space.suggest(trial, quality=False)
                 ev = bisect_quality(
-                    images, cand, target, space.quality[cand.codec], aggregate=aggregate
+                    images, cand, target, bounds=space.quality[cand.codec], aggregate=aggregate
                 )
                 cand = ev.candidate
             else:
@@ -659,7 +594,9 @@ def tune(
             study.optimize(objective, n_trials=trials, timeout=timeout, n_jobs=jobs, catch=())
         except KeyboardInterrupt:
             interrupted = True  # finished trials are stored; the caller says how to resume
-        result = _result(study, images, target, aggregate, storage, study_name, t0)
+        result = _result(
+            study, images, target, aggregate=aggregate, storage=storage, name=study_name, t0=t0
+        )
         result.interrupted = interrupted
         return result
 
@@ -681,7 +618,7 @@ def _study_lock(storage: str, study_name: str) -> contextlib.AbstractContextMana
     )
 
 
-def _result(study, images, target, aggregate, storage, name, t0) -> TuneResult:
+def _result(study, images, target, *, aggregate, storage, name, t0) -> StudyResult:
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -696,7 +633,7 @@ def _result(study, images, target, aggregate, storage, name, t0) -> TuneResult:
     if chosen is not None:
         full = evaluate(
             images,
-            Candidate(**_cand_args(chosen.user_attrs["candidate"])),
+            Candidate.from_dict(chosen.user_attrs["candidate"]),
             target,
             aggregate=aggregate,
             stop_early=False,
@@ -705,7 +642,7 @@ def _result(study, images, target, aggregate, storage, name, t0) -> TuneResult:
             best = full
         else:
             closest = full
-    return TuneResult(
+    return StudyResult(
         name,
         storage,
         best,
@@ -718,12 +655,6 @@ def _result(study, images, target, aggregate, storage, name, t0) -> TuneResult:
         time.perf_counter() - t0,
         study,
     )
-
-
-def _cand_args(d: dict) -> dict:
-    d = dict(d)
-    d["options"] = tuple(sorted(d["options"].items()))
-    return d
 
 
 def study_name_for(folder: Path, target: Target, aggregate: str) -> str:

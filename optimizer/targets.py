@@ -8,19 +8,39 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .metrics.catalog import OUTPUTS
+from .errors import UsageError
+from .metrics.catalog import DEFAULT_COMPOSITE_WEIGHTS, METRICS, OUTPUTS
 
-__all__ = ["Clause", "Target", "TargetError", "parse_target"]
+__all__ = [
+    "QUALITY_LEVELS",
+    "Aggregate",
+    "Clause",
+    "Target",
+    "TargetError",
+    "check_aggregate",
+    "parse_target",
+    "resolve_target",
+]
+
+#: named quality levels -> targets on SSIMULACRA2's published scale: 50 medium quality, 70 high
+#: (artifacts visible, not annoying), 80 very high (not noticeable side by side at 1:1), 90
+#: visually lossless. Our names are one step plainer: low, medium, high, lossless-looking.
+QUALITY_LEVELS: dict[str, str] = {
+    "low": "ssimulacra2>=50",
+    "medium": "ssimulacra2>=70",
+    "high": "ssimulacra2>=80",
+    "lossless-looking": "ssimulacra2>=90",
+}
 
 _CLAUSE = re.compile(
     r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$"
 )
 
 
-class TargetError(ValueError):
+class TargetError(UsageError):
     """A target string that cannot be understood; the message quotes the bad token."""
 
 
@@ -58,8 +78,29 @@ class Target:
     def met(self, values: Mapping[str, float]) -> bool:
         return not self.failures(values)
 
+    def margin(self, values: Mapping[str, float]) -> float:
+        """How far inside (> 0) or outside (< 0) the target `values` lie, relative to each bound
+        (the worst clause counts): one scale for targets on metrics of different units."""
+        return min(c.margin(values[c.metric]) / max(abs(c.value), 1e-9) for c in self.clauses)
+
     def __str__(self) -> str:
         return ",".join(str(c) for c in self.clauses)
+
+    def needed_metrics(self, chosen: Sequence[str] | None = None) -> list[str]:
+        """The metrics to build to judge this target. `chosen`: metrics the caller wants anyway
+        (kept first, in order), plus each metric a clause names (a composite is made of the
+        chosen ones); None: only what the clauses name, a composite from its default components,
+        in the catalogue's order."""
+        names = [n.strip() for n in chosen or () if n.strip()]
+        for o in self.metrics:
+            metric = OUTPUTS[o].metric
+            if metric == "composite":
+                if chosen is None:
+                    names += list(DEFAULT_COMPOSITE_WEIGHTS)
+            elif metric not in names:
+                names.append(metric)
+        names = list(dict.fromkeys(names))
+        return names if chosen is not None else sorted(names, key=METRICS.index)
 
 
 def parse_target(text: str) -> Target:
@@ -89,3 +130,26 @@ def parse_target(text: str) -> Target:
             )
         clauses.append(Clause(name, op, value))
     return Target(tuple(clauses))
+
+
+def resolve_target(target: str | Target | None, quality: str = "high") -> Target:
+    """`target` (a string is parsed), or the named `quality` level when it is None."""
+    if isinstance(target, Target):
+        return target
+    if target is None:
+        if quality not in QUALITY_LEVELS:
+            raise TargetError(f"unknown quality {quality!r}; known: {', '.join(QUALITY_LEVELS)}")
+        target = QUALITY_LEVELS[quality]
+    return parse_target(target)
+
+
+#: how a set meets a target: "min" (every image), "mean", or "pNN" (see `check_aggregate`)
+Aggregate = str
+
+
+def check_aggregate(how: str) -> Aggregate:
+    """How a set meets a target: `min` (every image), `mean`, or `pNN` (the NN-th percentile
+    from the bad end, 0 < NN < 100). Raises `TargetError` for anything else."""
+    if how in ("min", "mean") or (how[:1] == "p" and how[1:].isdigit() and 0 < int(how[1:]) < 100):
+        return how
+    raise TargetError(f"aggregate must be min, mean or pNN (e.g. p10), not {how!r}")

@@ -28,7 +28,7 @@ SHARPEN_RANGE = (0.0, 2.0)
 
 
 def fit_size(
-    width: int, height: int, max_width: int | None = None, max_height: int | None = None
+    width: int, height: int, *, max_width: int | None = None, max_height: int | None = None
 ) -> tuple[int, int]:
     """The largest size with the same aspect ratio inside the box; never larger than the input."""
     scale = 1.0

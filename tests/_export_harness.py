@@ -14,7 +14,7 @@ from PIL import Image
 from optimizer import codecs, transforms
 from optimizer.export import render
 from optimizer.images import load
-from optimizer.search import Candidate, _cand_args
+from optimizer.recipe import Candidate
 
 from ._tools import Tool, find
 
@@ -110,7 +110,8 @@ def measure(fmt: str, preset: dict, image: Path, tmp: Path) -> dict:
 
     src = load(image)
     p = preset["params"]
-    size = transforms.fit_size(src.width, src.height, *(preset.get("max_size") or (None, None)))
+    max_w, max_h = preset.get("max_size") or (None, None)
+    size = transforms.fit_size(src.width, src.height, max_width=max_w, max_height=max_h)
     ref = transforms.reference(src.pixels, size)
     out = tmp / f"{image.stem}-{fmt}-{p['codec']}.{ {'jpeg': 'jpg'}.get(p['codec'], p['codec']) }"
     run_export(fmt, preset, image, out)
@@ -121,7 +122,7 @@ def measure(fmt: str, preset: dict, image: Path, tmp: Path) -> dict:
     pixels = np.asarray(got.convert("RGB" if ref.shape[2] in (3, 4) else "L"))
     pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
     tool_score = suite.score(prepared, [pixels])[0]["ssimulacra2"] if got.size == size else None
-    cand = Candidate(**_cand_args(p))
+    cand = Candidate.from_dict(p)
     ours_px = transforms.apply(
         src.pixels, size=size if size != (src.width, src.height) else None, sharpen=cand.sharpen
     )

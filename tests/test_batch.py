@@ -18,14 +18,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from optimizer.batch import MANIFEST_NAME, JobSpec, run_folder
+from optimizer.batch import run_folder
 from optimizer.cli import app
-from optimizer.codecs import EncodeSettings
+from optimizer.image_job import Job
+from optimizer.manifest import MANIFEST_NAME
 from optimizer.metrics import MetricSuite
 from optimizer.outcome import ExitCode
 from optimizer.outdir import LOCK_NAME
+from optimizer.recipe import Candidate
 from optimizer.scoring import score_pair
-from optimizer.search import Candidate
 from optimizer.targets import parse_target
 
 from .conftest import ROOT, SAMPLES, thumbnails
@@ -286,8 +287,7 @@ def test_memory_does_not_grow_with_the_folder(tmp_path):
     # lines) is well under 1 KB a file.
     rng = np.random.default_rng(0)
     suite = MetricSuite.build(["psnr"], device="cpu")
-    base = Candidate("webp", 80, None, 1.0, EncodeSettings.make("webp", 80).options)
-    spec = JobSpec("apply", parse_target("psnr>=10"), (base,), search=False)
+    job = Job.apply(Candidate.make("webp", 80), parse_target("psnr>=10"))
 
     def peak(n: int) -> int:
         src = tmp_path / f"src{n}"
@@ -297,7 +297,7 @@ def test_memory_does_not_grow_with_the_folder(tmp_path):
                 src / f"{i:05d}.png"
             )
         tracemalloc.start()
-        summary = run_folder(src, tmp_path / f"out{n}", spec, suite, jobs=2)
+        summary = run_folder(src, tmp_path / f"out{n}", job, suite=suite, jobs=2)
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert summary.counts["skipped"] == 0 and sum(summary.counts.values()) == n, summary

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from optimizer.cli import app
 from optimizer.export import _P, FORMATS, _sharpen_kernel, render
 from optimizer.outcome import ExitCode
+from optimizer.presets import Preset
 
 from ._export_harness import PIL_FORMAT, TOOLS, make_preset, measure, run_shell
 from ._tools import need_tool
@@ -58,7 +59,7 @@ def test_the_real_tool_reproduces_the_preset(fmt, codec, quality, sharpen, resiz
 def test_sharpen_kernel_is_pillows_sharpness_exactly():
     im = Image.open(SAMPLES / "chelsea.png").convert("RGB").crop((0, 0, 160, 120))
     for f in (0.4, 1.0, 1.7):
-        p = _P(make_preset("webp", 80, sharpen=f))
+        p = _P(Preset.from_dict(make_preset("webp", 80, sharpen=f)))
         k = _sharpen_kernel(p)
         assert sum(k) == pytest.approx(1.0)
         ours = np.asarray(im.filter(ImageFilter.Kernel((3, 3), k, scale=1)), dtype=int)

@@ -1,4 +1,4 @@
-"""images.load: every bad-input category of DESIGN.md gets a typed error naming the file."""
+"""images.load: every kind of bad input gets a typed error that names the file and the reason."""
 
 from __future__ import annotations
 

@@ -24,12 +24,12 @@ from .conftest import SAMPLES, read_rgb, sample_paths
     ],
 )
 def test_fit_size(size, box, expected):
-    assert fit_size(*size, *box) == expected
+    assert fit_size(*size, max_width=box[0], max_height=box[1]) == expected
 
 
 def test_fit_size_rejects_nonsense():
     with pytest.raises(ValueError, match="at least 1"):
-        fit_size(10, 10, 0)
+        fit_size(10, 10, max_width=0)
 
 
 @pytest.mark.parametrize("name", list(RESIZE_FILTERS))

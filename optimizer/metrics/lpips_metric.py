@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import ImgtuneError
 from ._base import Metric, percentile
 from .catalog import OUTPUTS
 
@@ -42,7 +43,7 @@ BACKBONES = {
 WEIGHT_FREE = "ssim,ms_ssim,psnr,ssimulacra2"
 
 
-class WeightsMissingError(RuntimeError):
+class WeightsMissingError(ImgtuneError, RuntimeError):
     """The LPIPS backbone checkpoint is neither on disk nor downloadable."""
 
 
@@ -196,7 +197,8 @@ class LPIPS(Metric):
         if network is None:
             network = load_lpips_network(net, weights_dir, allow_download=allow_download)
         self.network = network.to(self.device).eval()
-        # oneDNN convolutions on the CPU run ~15% faster in channels-last layout (measured).
+        # Channels-last on the CPU: oneDNN's convolutions are faster in that layout (see
+        # benchmarks/RESULTS.md).
         cpu = self.device.type == "cpu"
         self._layout = torch.channels_last if cpu else torch.contiguous_format
         self.network.to(memory_format=self._layout)

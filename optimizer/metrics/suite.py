@@ -142,8 +142,8 @@ class MetricSuite:
         if missing:
             raise ValueError(f"composite uses {', '.join(missing)}, which no enabled metric gives")
         self.output_names: tuple[str, ...] = (*provided, "composite")
-        # Measured (benchmarks/bench_metrics.py): on the CPU one candidate at a time is fastest
-        # (the working set stays in cache; batches of 8 were 1.3-2x slower), on a GPU large ones.
+        # On the CPU small batches (about a megapixel) are fastest: the working set stays in
+        # cache; larger ones were slower. On a GPU large batches are (benchmarks/RESULTS.md).
         if batch_pixels is None:
             batch_pixels = 16_000_000 if self.device.type == "cuda" else 1_000_000
         self.batch_pixels = batch_pixels
@@ -190,7 +190,7 @@ class MetricSuite:
     def min_side(self) -> int:
         return max(m.min_side for m in self.metrics)
 
-    def spec(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """What produced these numbers: recorded in reports, studies and presets."""
         return {
             "metrics": [

@@ -1,0 +1,645 @@
+"""The Python API: what each command does, without printing, with the command's defaults.
+
+    import optimizer
+    result = optimizer.tune("photos/", quality="high")         # imgtune tune photos/
+    summary = optimizer.optimize("photos/", "out/")             # imgtune optimize photos/ out/
+    pair = optimizer.score("a.png", "a.avif")                   # imgtune score a.png a.avif
+
+Options are keyword-only and default to what the command line defaults to (a test holds them
+equal). Errors are `optimizer.ImgtuneError`s: one line naming the file or option and the reason,
+and the `exit_code` the command would end with. Long runs report progress through callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ImgtuneError, UsageError
+from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, check_animated
+from .presets import Preset, load_preset
+from .targets import Target, check_aggregate, resolve_target
+
+if TYPE_CHECKING:
+    from .batch import RunSummary
+    from .image_job import ImageOutcome
+    from .metrics.suite import MetricSuite
+    from .recipe import Candidate
+    from .scoring import PairResult, Problem, ScoreReport
+    from .search import Evaluation, ImageSet, SearchSpace, Strategy, StudyResult
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "TuneResult",
+    "apply",
+    "build_suite",
+    "export",
+    "load_preset",
+    "optimize",
+    "report",
+    "score",
+    "tune",
+]
+
+#: what `score` measures unless told otherwise
+DEFAULT_METRICS = "lpips,ssim,ms_ssim,psnr,ssimulacra2"
+#: where `tune` keeps its studies, score caches, presets, trial tables and reports
+STUDIES = Path("studies")
+
+PathLike = str | os.PathLike[str]
+
+
+def build_suite(
+    *,
+    target: Target | None = None,
+    metrics: str | Sequence[str] | None = None,
+    composite: str | dict[str, float] | None = None,
+    lpips_net: str = "alex",
+    weights: PathLike | None = None,
+    device: str = "auto",
+    compile: bool = False,
+) -> MetricSuite:
+    """The metrics to score with: `metrics` (a comma-separated string or a list) plus what
+    `target` names; with `metrics` None, just what the target needs. LPIPS weights are located
+    first (`WeightsMissingError` before any work); a bad name or weight is a `UsageError`."""
+    from .metrics import MetricSuite
+
+    chosen = metrics.split(",") if isinstance(metrics, str) else metrics
+    if target is not None:
+        names = target.needed_metrics(chosen)
+    else:
+        names = [m.strip() for m in chosen or () if m.strip()]
+    try:
+        return MetricSuite.build(
+            names,
+            device=device,
+            composite_weights=composite,
+            lpips_net=lpips_net,
+            weights_dir=weights,
+            compile=compile,
+        )
+    except ImgtuneError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _limit(max_pixels: int | None) -> int:
+    if max_pixels is not None and max_pixels < 1:
+        raise UsageError(f"max_pixels must be at least 1, got {max_pixels}")
+    return max_pixels or DEFAULT_MAX_PIXELS
+
+
+def _folder(path: PathLike, what: str = "folder") -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise ImgtuneError(f"{p}: not a {what}" if p.exists() else f"{p}: no such {what}")
+    return p
+
+
+# ---------------------------------------------------------------------------------------- score
+
+
+def score(
+    reference: PathLike,
+    candidate: PathLike,
+    *,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    composite: str | dict[str, float] | None = None,
+    target: str | Target | None = None,
+    lpips_net: str = "alex",
+    weights: PathLike | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    max_pixels: int | None = None,
+    animated: AnimatedPolicy = "refuse",
+    follow_symlinks: bool = False,
+    suite: MetricSuite | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[PairResult | Problem], None] | None = None,
+) -> PairResult | ScoreReport:
+    """Score `candidate` against `reference` with every metric, the composite and its level.
+
+    Parameters
+    ----------
+    reference, candidate:
+        Two image files, or two folders paired by relative path without the extension
+        (`ref/a.png` with `out/a.webp`).
+    metrics:
+        The metrics to compute (comma-separated or a list); a target's metrics are added.
+    composite:
+        Composite weights, e.g. ``"lpips=0.3,ssim=0.3,psnr=0.1"`` (default: those, renormalised
+        over the enabled metrics).
+    target:
+        A quality target each pair must meet, e.g. ``"composite>=0.9,ssim_p5>=0.85"``.
+    suite:
+        A `MetricSuite` to reuse (then `metrics`, `composite`, `lpips_net`, `weights`, `device`
+        and `compile` are not used).
+    on_start, on_result:
+        Folders: called with the number of pairs, then with each `PairResult` or skipped input
+        (`Problem`) as it is done; problems found while pairing come before `on_start`.
+
+    Returns
+    -------
+    A `PairResult` for two files (`.scores`, `.missed`); a `ScoreReport` for two folders
+    (`.results`, `.problems`, `.frame()`, `.summary()`, `.counts`).
+    """
+    from .scoring import pair_files, score_dirs, score_pair
+
+    tgt = resolve_target(target) if target is not None else None
+    check_animated(animated)
+    limit = _limit(max_pixels)
+    reference, candidate = Path(reference), Path(candidate)
+    for p in (reference, candidate):
+        if not p.exists():
+            raise ImgtuneError(f"{p}: no such file or folder")
+    if reference.is_dir() != candidate.is_dir():
+        raise UsageError("give two files or two folders, not one of each")
+    if suite is None:
+        suite = build_suite(
+            target=tgt, metrics=metrics, composite=composite, lpips_net=lpips_net,
+            weights=weights, device=device, compile=compile,
+        )  # fmt: skip
+    if not reference.is_dir():
+        return score_pair(
+            reference, candidate, suite, target=tgt, max_pixels=limit, animated=animated
+        )
+    pairs, problems = pair_files(reference, candidate, follow_symlinks=follow_symlinks)
+    for problem in problems:
+        if on_result:
+            on_result(problem)
+    if on_start:
+        on_start(len(pairs))
+    report = score_dirs(
+        reference, candidate, suite, target=tgt, max_pixels=limit, animated=animated,
+        on_result=on_result, pairs=pairs,
+    )  # fmt: skip
+    report.problems[:0] = problems
+    return report
+
+
+# ----------------------------------------------------------------------------------------- tune
+
+
+@dataclass
+class TuneResult:
+    """What `tune` found and wrote. `preset` is None when no recipe met the target (then
+    `closest` is the recipe that came nearest)."""
+
+    study: StudyResult
+    images: ImageSet
+    target: Target
+    aggregate: str
+    space: SearchSpace
+    strategy: str
+    preset: Preset | None
+    preset_path: Path | None
+    trials_csv: Path
+    default_jpeg_bytes: int
+    outputs: list[dict[str, Any]] | None = None
+    report_path: Path | None = None
+    skipped: list[ImageError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Evaluation | None:
+        return self.study.best
+
+    @property
+    def closest(self) -> Evaluation | None:
+        return self.study.closest
+
+    @property
+    def recipe(self) -> Candidate | None:
+        return self.study.best.candidate if self.study.best else None
+
+    @property
+    def total_bytes(self) -> int | None:
+        return int(self.study.best.total_bytes) if self.study.best else None
+
+    @property
+    def source_bytes(self) -> int:
+        return self.images.source_bytes
+
+    @property
+    def interrupted(self) -> bool:
+        return self.study.interrupted
+
+
+def tune(
+    folder: PathLike,
+    *,
+    target: str | Target | None = None,
+    quality: str = "high",
+    aggregate: str = "min",
+    trials: int = 20,
+    timeout: float | None = None,
+    seed: int | None = None,
+    codecs: str | Sequence[str] | None = None,
+    max_width: int | None = None,
+    max_height: int | None = None,
+    strategy: Strategy = "bisect",
+    quality_range: str | dict[str, tuple[int, int]] | None = None,
+    resize_search: bool = True,
+    jobs: int = 1,
+    sharpen: bool = True,
+    background: str | Sequence[int] | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    new_study: bool = False,
+    preset_out: PathLike | None = None,
+    out: PathLike | None = None,
+    weights: PathLike | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    report: PathLike | None = None,
+    follow_symlinks: bool = False,
+    max_pixels: int | None = None,
+    animated: AnimatedPolicy = "refuse",
+    studies: PathLike = STUDIES,
+    on_trial: Callable[[Evaluation], None] | None = None,
+    on_skip: Callable[[ImageError], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """Find the smallest encoding recipe for the images of `folder` that meets a target.
+
+    An Optuna study searches codec, quality, codec options, sharpening and (when resizing) the
+    resize filter; it is stored (`storage`, default ``sqlite:///studies/<name>.db``) so a rerun
+    resumes it. Writes the recipe as a preset, a trials table, and optionally the encoded set
+    and an HTML report.
+
+    Parameters
+    ----------
+    folder:
+        The image set: one recipe is tuned for all of it.
+    target, quality:
+        A quality target (``"ssimulacra2>=85"``, ``"ssim>=0.97,ssim_p5>=0.9"``), else the named
+        level `quality`: low, medium, high (``ssimulacra2>=80``) or lossless-looking.
+    aggregate:
+        How the set meets the target: ``min`` (every image), ``mean``, or ``pNN``.
+    trials, timeout, seed:
+        Trials to add to the study, a time limit in seconds, and the sampler's seed (a study
+        repeats on the same machine with the same seed).
+    codecs:
+        Codecs to search (default: every available one but JPEG XL). JPEG is left out, with a
+        note, when the set has transparency and no `background` is given.
+    max_width, max_height:
+        Fit outputs inside this box (never enlarged).
+    strategy:
+        ``"bisect"``: Optuna samples the recipe, each recipe's quality is searched;
+        ``"tpe"``: Optuna samples every dimension.
+    quality_range:
+        Per-codec quality bounds, ``"jpeg=50-95,avif=30-80"`` or a dict.
+    resize_search, sharpen:
+        False: always Lanczos / no sharpening.
+    jobs:
+        Trials run in parallel (threads).
+    background:
+        Colour to flatten transparency onto (``"white"``, ``"#RRGGBB"``, ``(r, g, b)``), which
+        allows JPEG for images with alpha.
+    storage, study_name, new_study:
+        Optuna storage URL, study name (default: the folder's name and a hash of the target),
+        and whether to delete a stored study of that name first.
+    preset_out, out, report:
+        Where to write the preset (default ``studies/<name>.preset.json``), the encoded set
+        (folder; sources untouched) and the HTML report (``"."``: ``studies/<name>.report.html``).
+    weights, device, compile:
+        LPIPS backbone weights folder, ``auto``/``cpu``/``cuda``, and torch.compile of kernels.
+    follow_symlinks, max_pixels, animated:
+        How the folder is read (links out of it, the decompression-bomb limit, animations).
+    studies:
+        The folder of studies, score caches, presets and reports.
+    on_trial, on_skip, on_note:
+        Called after each trial (`Evaluation`), for each image skipped, and with notes.
+
+    Returns
+    -------
+    `TuneResult`: `.preset` (None if no recipe met the target), `.recipe`, `.total_bytes`,
+    `.source_bytes`, `.study` (trials, encodes, the Optuna study), files written.
+    """
+    from .codecs import check_codecs, parse_colour, parse_quality_ranges
+    from .files import atomic_write_text
+    from .images import load_folder
+    from .outdir import check_roots
+    from .presets import build_preset
+    from .search import STRATEGIES, ImageSet, SearchSpace, run_study, study_name_for
+
+    tgt = resolve_target(target, quality)
+    check_aggregate(aggregate)
+    check_animated(animated)
+    if strategy not in STRATEGIES:
+        raise UsageError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    bg = parse_colour(background)
+    folder = _folder(folder)
+    if out is not None:
+        check_roots(folder, Path(out))  # now, not after the search
+    chosen = check_codecs(codecs)
+    bounds = parse_quality_ranges(quality_range, chosen)
+    suite = build_suite(target=tgt, weights=weights, device=device, compile=compile)
+    sources, skipped = load_folder(
+        folder, min_side=suite.min_side, follow_symlinks=follow_symlinks,
+        max_pixels=_limit(max_pixels), animated=animated, on_skip=on_skip,
+    )  # fmt: skip
+    if not sources:
+        raise ImgtuneError(f"no usable image in {folder}")
+    notes = []
+    if any(s.has_alpha for s in sources) and bg is None and "jpeg" in chosen:
+        chosen = [c for c in chosen if c != "jpeg"]
+        notes.append(
+            "the set has images with transparency, so JPEG is not offered "
+            "(give --background COLOR to allow it)"
+        )
+        if on_note:
+            on_note(notes[-1])
+        if not chosen:
+            raise UsageError("no codec left to search: JPEG needs a background for transparency")
+    studies = Path(studies)
+    # Scores persist per image set (not per target): a resumed or re-targeted run reuses them.
+    images = ImageSet(
+        sources, suite, max_width=max_width, max_height=max_height, background=bg,
+        cache_path=studies / f"{folder.resolve().name}.scores.sqlite",
+    )  # fmt: skip
+    space = SearchSpace.default(
+        chosen, resized=images.resized and resize_search, sharpen=sharpen,
+        quality={c: b for c, b in bounds.items() if c in chosen},
+    )  # fmt: skip
+    name = study_name or study_name_for(folder, tgt, aggregate)
+    if storage is None:
+        studies.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{studies / (name + '.db')}"
+    study = run_study(
+        images, tgt, space, trials=trials, timeout=timeout, seed=seed, strategy=strategy,
+        jobs=jobs, aggregate=aggregate, storage=storage, study_name=name, new_study=new_study,
+        on_trial=on_trial,
+    )  # fmt: skip
+    # Every study gets its trials table locally, whatever storage holds the study itself.
+    csv_path = atomic_write_text(
+        studies / f"{name}.trials.csv", study.study.trials_dataframe().to_csv(index=False)
+    )
+    result = TuneResult(
+        study, images, tgt, aggregate, space, strategy, None, None, csv_path,
+        default_jpeg_bytes=images.default_jpeg_bytes(), skipped=skipped, notes=notes,
+    )  # fmt: skip
+    if study.best is not None:
+        result.preset = build_preset(
+            study, images, tgt, aggregate=aggregate, default_jpeg_bytes=result.default_jpeg_bytes
+        )
+        result.preset_path = result.preset.save(preset_out or studies / f"{name}.preset.json")
+        if out is not None:
+            result.outputs = _write_set(images, study.best.candidate, folder=folder, out=Path(out))
+    if report is not None:
+        from .report import build_report, report_images, write_report
+
+        path = Path(report)
+        result.report_path = path if path.suffix else studies / f"{name}.report.html"
+        write_report(
+            result.report_path,
+            build_report(
+                study.study,
+                preset=result.preset.to_dict() if result.preset else None,
+                images=report_images(images, study.best.candidate) if study.best else None,
+            ),
+        )
+    return result
+
+
+def _write_set(images: ImageSet, cand: Candidate, *, folder: Path, out: Path) -> list[dict]:
+    """The chosen recipe's outputs in OUT, under OUT's lock."""
+    from .outdir import OutputDir
+
+    out_dir = OutputDir(out)
+    with out_dir.lock():
+        return images.write_outputs(cand, out_dir, folder)
+
+
+# ------------------------------------------------------------------------------- folder jobs
+
+
+def optimize(
+    src: PathLike,
+    out: PathLike,
+    *,
+    target: str | Target | None = None,
+    quality: str = "high",
+    codecs: str | Sequence[str] = ("avif", "webp"),
+    preset: PathLike | Preset | None = None,
+    tolerance: int = 3,
+    quality_range: str | dict[str, tuple[int, int]] | None = None,
+    best_effort: bool = False,
+    background: str | Sequence[int] | None = None,
+    max_width: int | None = None,
+    max_height: int | None = None,
+    jobs: int | None = None,
+    follow_symlinks: bool = False,
+    max_pixels: int | None = None,
+    animated: AnimatedPolicy = "refuse",
+    weights: PathLike | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[ImageOutcome], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Make every image of `src` as small as it can be while it still meets the target, into
+    `out` (mirroring `src`'s tree).
+
+    Per image and codec, quality is found by a short search (a guess from earlier images, a
+    step to bracket, then interpolation); the smallest passing output wins. An output never
+    misses the target (unless `best_effort`) and is never larger than its source (the source is
+    copied instead). Reruns skip images whose output is up to date
+    (``out/.imgtune-manifest.jsonl``); Ctrl-C leaves only whole files. Nothing outside `out` is
+    touched; one run per `out` at a time.
+
+    Parameters
+    ----------
+    target, quality:
+        A quality target, else the named level (default ``high``: ``ssimulacra2>=80``).
+    codecs:
+        Codecs each image may use; the smallest passing output wins.
+    preset:
+        A preset (path or `Preset`): its target (unless `target` is given) and its quality as
+        the first guess.
+    tolerance:
+        Stop the quality search when the bracket is this many quality steps wide.
+    quality_range:
+        Per-codec quality bounds, ``"jpeg=50-95,avif=30-80"`` or a dict.
+    best_effort:
+        Where nothing meets the target, write the closest encode anyway (flagged).
+    background, max_width, max_height:
+        Colour to flatten transparency onto (allows JPEG for alpha images); fit outputs inside
+        this box.
+    jobs:
+        Images processed at once (threads; default: the CPU cores).
+    follow_symlinks, max_pixels, animated, weights, device, compile:
+        As for `tune`.
+    on_start, on_result, on_warning:
+        Called with the number of images, with each `ImageOutcome` in input order, and with
+        warnings (e.g. invalid manifest lines ignored).
+
+    Returns
+    -------
+    `RunSummary`: `.counts` per status, `.source_bytes`, `.output_bytes`, `.saved_bytes`,
+    `.encodes_per_image`, `.interrupted`, `.exit_code`.
+    """
+    from .codecs import check_codecs, parse_colour, parse_quality_ranges
+    from .image_job import Job
+    from .predictor import QualityPredictor
+
+    start: dict[str, int] = {}
+    if preset is not None:
+        p = preset if isinstance(preset, Preset) else load_preset(preset)
+        start[p.candidate.codec] = p.candidate.quality
+        if target is None:
+            target = p.target
+    tgt = resolve_target(target, quality)
+    chosen = check_codecs(codecs)
+    if tolerance < 1:
+        raise UsageError("tolerance must be at least 1")
+    job = Job.optimize(
+        tgt, chosen, bounds=parse_quality_ranges(quality_range, chosen),
+        best_effort=best_effort, background=parse_colour(background), max_width=max_width,
+        max_height=max_height, tolerance=tolerance, max_pixels=_limit(max_pixels),
+        animated=check_animated(animated),
+    )  # fmt: skip
+    return _run_folder(
+        src, out, job, QualityPredictor(start), jobs=jobs, follow_symlinks=follow_symlinks,
+        weights=weights, device=device, compile=compile, on_start=on_start,
+        on_result=on_result, on_warning=on_warning,
+    )  # fmt: skip
+
+
+def apply(
+    preset: PathLike | Preset,
+    src: PathLike,
+    out: PathLike,
+    *,
+    refine: bool = False,
+    target: str | Target | None = None,
+    best_effort: bool = False,
+    jobs: int | None = None,
+    follow_symlinks: bool = False,
+    max_pixels: int | None = None,
+    animated: AnimatedPolicy = "refuse",
+    weights: PathLike | None = None,
+    device: str = "auto",
+    compile: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[ImageOutcome], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Encode every image of `src` with `preset`'s recipe into `out`, score each output against
+    the preset's target (or `target`), and keep the original of each one that misses it (unless
+    `best_effort`). `refine`: adjust quality per image around the preset's, so each image just
+    meets the target. Resumable and safe as `optimize`; the other options are `optimize`'s.
+
+    Returns
+    -------
+    `RunSummary`, as `optimize`.
+    """
+    from .image_job import Job
+    from .predictor import QualityPredictor
+
+    p = preset if isinstance(preset, Preset) else load_preset(preset)
+    max_w, max_h = p.max_size or (None, None)
+    job = Job.apply(
+        p.candidate, resolve_target(target or p.target), refine=refine, best_effort=best_effort,
+        background=p.background, max_width=max_w, max_height=max_h,
+        max_pixels=_limit(max_pixels), animated=check_animated(animated),
+    )  # fmt: skip
+    return _run_folder(
+        src, out, job, QualityPredictor(), jobs=jobs, follow_symlinks=follow_symlinks,
+        weights=weights, device=device, compile=compile, on_start=on_start,
+        on_result=on_result, on_warning=on_warning,
+    )  # fmt: skip
+
+
+def _run_folder(src, out, job, predictor, *, jobs, weights, device, compile, **kw) -> RunSummary:
+    from .batch import run_folder
+
+    src = _folder(src)
+    suite = build_suite(target=job.target, weights=weights, device=device, compile=compile)
+    jobs = jobs or os.cpu_count() or 1
+    if jobs > 1:
+        import torch
+
+        # Threads share the cores: one torch thread each avoids oversubscribing them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    return run_folder(src, Path(out), job, suite=suite, jobs=jobs, predictor=predictor, **kw)
+
+
+# ------------------------------------------------------------------------- presets and studies
+
+
+def export(
+    preset: PathLike | Preset, to: str, *, input: str | None = None, output: str | None = None
+) -> str:
+    """`preset`'s recipe for an asset pipeline tool (`to`: pillow, pillow-python, sharp, vips,
+    vipsthumbnail, cwebp, avifenc, cjpeg, magick, json or toml), as text. `input`/`output`
+    fill the command's placeholders, shell-quoted."""
+    from .export import FORMATS, render
+
+    if to not in FORMATS:
+        raise UsageError(f"unknown export format {to!r}; known: {', '.join(FORMATS)}")
+    p = preset if isinstance(preset, Preset) else load_preset(preset)
+    return render(p, to, input=input, output=output)
+
+
+def report(
+    study: str,
+    *,
+    storage: str | None = None,
+    images: PathLike | None = None,
+    out: PathLike | None = None,
+    studies: PathLike = STUDIES,
+    on_note: Callable[[str], None] | None = None,
+) -> Path:
+    """Write one self-contained HTML report of a stored study (a name in `studies/<name>.db`, or
+    the path of its .db file); with `images` (the tuned folder), per-image crops of the chosen
+    recipe where it differs most. Returns the report's path."""
+    import optuna
+
+    from .report import build_report, write_report
+
+    studies = Path(studies)
+    path = Path(study)
+    name = path.stem if path.suffix == ".db" else study
+    if storage is None:
+        db = path if path.suffix == ".db" else studies / f"{name}.db"
+        if not db.is_file():
+            raise ImgtuneError(f"{db}: no such study database")
+        storage = f"sqlite:///{db}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        st = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ImgtuneError(f"no study named {name!r} in {storage}") from None
+    preset_path = studies / f"{name}.preset.json"
+    preset = load_preset(preset_path) if preset_path.is_file() else None
+    crops = None
+    if images is not None and preset is not None:
+        crops = _crops_for(_folder(images), preset)
+    elif images is not None and on_note:
+        on_note("no preset for this study (no feasible recipe), so no crops")
+    dest = Path(out) if out is not None else studies / f"{name}.report.html"
+    write_report(dest, build_report(st, preset=preset.to_dict() if preset else None, images=crops))
+    return dest
+
+
+def _crops_for(folder: Path, preset: Preset) -> list[dict]:
+    from .images import load_folder
+    from .metrics import MetricSuite
+    from .report import report_images
+    from .search import ImageSet
+
+    suite = MetricSuite.build(["psnr"], device="cpu")  # the crops need no scores
+    sources, _ = load_folder(folder, min_side=11)
+    if not sources:
+        return []
+    max_w, max_h = preset.max_size or (None, None)
+    images = ImageSet(
+        sources, suite, max_width=max_w, max_height=max_h, background=preset.background
+    )
+    return report_images(images, preset.candidate)

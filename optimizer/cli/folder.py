@@ -1,0 +1,289 @@
+"""`imgtune optimize` and `imgtune apply` (folder jobs) and `imgtune export` (a preset as a tool's
+settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import api
+from ..errors import ImgtuneError
+from ..outcome import ExitCode
+from .common import (
+    AnimatedOpt,
+    BackgroundOpt,
+    CompileOpt,
+    DeviceOpt,
+    FollowSymlinksOpt,
+    MaxHeightOpt,
+    MaxPixelsOpt,
+    MaxWidthOpt,
+    QualityOpt,
+    TargetOpt,
+    WeightsOpt,
+    err,
+    json_line,
+    out,
+    progress_bar,
+    warn,
+)
+
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs", "-j", help="Images processed at once (threads; default: the CPU cores)."
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="NDJSON on stdout: one object per image, then a summary line."),
+]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Write the per-image table (bytes, ratio, params, every metric, encodes) as CSV.",
+    ),
+]
+BestEffortOpt = Annotated[
+    bool,
+    typer.Option(
+        "--best-effort",
+        help="Where nothing meets the target, write the closest encode anyway (flagged "
+        "best_effort; exit 3). Default: keep the original and report the image.",
+    ),
+]
+SrcArg = Annotated[
+    Path, typer.Argument(metavar="SRC", help="Folder of source images (never modified).")
+]
+OutArg = Annotated[Path, typer.Argument(metavar="OUT", help="Output folder; mirrors SRC's tree.")]
+PresetArg = Annotated[
+    Path, typer.Argument(metavar="PRESET", help="A preset JSON written by imgtune tune.")
+]
+
+
+class _Printer:
+    """Progress, per-image lines and the CSV rows of a folder job."""
+
+    def __init__(self, verb: str, as_json: bool, report: Path | None) -> None:
+        self.as_json, self.report = as_json, report
+        self.rows: list[dict] = []
+        self.saved = 0
+        self.bar = progress_bar(verb, "saved")
+        self.task = self.bar.add_task(verb, total=None, saved="")
+
+    def on_start(self, n: int) -> None:
+        self.bar.update(self.task, total=n)
+
+    def on_result(self, o) -> None:
+        rec = o.record()
+        if self.report is not None:
+            self.rows.append(rec)
+        if o.status != "skipped":
+            self.saved += o.saved_bytes
+        self.bar.update(self.task, advance=1, saved=f"{self.saved / 1e6:.1f} MB saved")
+        if o.status == "skipped":
+            warn("skipped", o.error)
+        elif o.status in ("missed", "best_effort"):
+            warn(o.status, o.error, colour="red")
+        if self.as_json:
+            json_line(rec)
+
+    def on_warning(self, message: str) -> None:
+        warn("warning", message)
+
+    def run(self, fn, *args, **kwargs):
+        """The API call, then the report, the summary and the exit code."""
+        try:
+            with self.bar:
+                summary = fn(
+                    *args, on_start=self.on_start, on_result=self.on_result,
+                    on_warning=self.on_warning, **kwargs,
+                )  # fmt: skip
+        except ImgtuneError as exc:
+            if self.as_json:  # the machine reader gets the reason too
+                json_line({"summary": True, "error": str(exc)})
+            raise
+        if self.report is not None:
+            _write_rows(self.rows, self.report)
+        return summary
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from ..files import atomic_write_text
+
+    flat = []
+    for r in rows:
+        d = {k: v for k, v in r.items() if k not in ("scores", "params")}
+        d["params"] = json.dumps(r["params"], sort_keys=True) if r.get("params") else ""
+        d.update(r.get("scores") or {})
+        flat.append(d)
+    atomic_write_text(path, pd.DataFrame(flat).to_csv(index=False))
+
+
+def _finish(summary, *, as_json: bool, out_dir: Path) -> None:
+    target = summary.target
+    c = summary.counts
+    if as_json:
+        json_line(
+            {
+                "summary": True,
+                "counts": c,
+                "source_bytes": summary.source_bytes,
+                "output_bytes": summary.output_bytes,
+                "saved_bytes": summary.saved_bytes,
+                "encodes_per_image": round(summary.encodes_per_image, 3),
+                "target": target,
+                "seconds": round(summary.seconds, 2),
+                "interrupted": summary.interrupted,
+                "manifest_problems": summary.manifest_problems,
+            }
+        )
+    else:
+        pct = 100 * summary.saved_bytes / summary.source_bytes if summary.source_bytes else 0.0
+        err.print(
+            f"{c['written']} written, {c['kept']} kept as the original, {c['missed']} missed the "
+            f"target (original kept), {c['best_effort']} best-effort, {c['skipped']} skipped, "
+            f"{c['up_to_date']} already up to date -> {out_dir}"
+        )
+        err.print(
+            f"{summary.source_bytes:,} -> {summary.output_bytes:,} bytes ({pct:.1f}% smaller); "
+            f"{summary.encodes_per_image:.2f} encodes per image searched; target {target}; "
+            f"{summary.seconds:.1f} s"
+            + ("; [yellow]interrupted[/yellow]" if summary.interrupted else "")
+        )
+    raise typer.Exit(ExitCode.INTERRUPTED if summary.interrupted else summary.exit_code)
+
+
+def optimize(
+    src: SrcArg,
+    out_dir: OutArg,
+    target: TargetOpt = None,
+    quality: QualityOpt = "high",
+    codecs: Annotated[
+        str,
+        typer.Option(
+            help="Codecs each image may use (comma-separated); the smallest passing wins."
+        ),
+    ] = "avif,webp",
+    preset: Annotated[
+        Path | None,
+        typer.Option(help="A preset (from tune): its target, and its quality as the first guess."),
+    ] = None,
+    tolerance: Annotated[
+        int, typer.Option(help="Stop the quality search when the bracket is this narrow.")
+    ] = 3,
+    quality_range: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-codec quality bounds, e.g. 'jpeg=50-95,avif=30-80' (default: each "
+            "codec's whole scale)."
+        ),
+    ] = None,
+    best_effort: BestEffortOpt = False,
+    background: BackgroundOpt = None,
+    max_width: MaxWidthOpt = None,
+    max_height: MaxHeightOpt = None,
+    jobs: JobsOpt = None,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    animated: AnimatedOpt = "refuse",
+    as_json: JsonOpt = False,
+    report: ReportOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    compile: CompileOpt = False,
+) -> None:
+    """Make every image of SRC as small as it can be while it still meets the target.
+
+    Per image and codec, quality is found by a short search (a guess from earlier images,
+    a step to bracket, then interpolation); the smallest passing output wins. An output
+    never misses the target (unless --best-effort) and is never larger than its source (the
+    source is copied instead). Reruns skip images whose output is up to date
+    (OUT/.imgtune-manifest.jsonl); Ctrl-C leaves only whole files. Nothing outside OUT is
+    touched, one run per OUT at a time (a second exits 4 naming the first); a full or
+    read-only OUT stops with one line (exit 4) and the same command resumes.
+    """
+    summary = _Printer("optimizing", as_json, report).run(
+        api.optimize, src, out_dir, target=target, quality=quality, codecs=codecs,
+        preset=preset, tolerance=tolerance, quality_range=quality_range,
+        best_effort=best_effort, background=background, max_width=max_width,
+        max_height=max_height, jobs=jobs, follow_symlinks=follow_symlinks,
+        max_pixels=max_pixels, animated=animated, weights=weights, device=device,
+        compile=compile,
+    )  # fmt: skip
+    _finish(summary, as_json=as_json, out_dir=out_dir)
+
+
+def apply(
+    preset: PresetArg,
+    src: SrcArg,
+    out_dir: OutArg,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            "--refine",
+            help="Adjust quality per image around the preset's (the same short search), so "
+            "each image just meets the target.",
+        ),
+    ] = False,
+    target: Annotated[
+        str | None, typer.Option(help="Judge outputs against this target instead of the preset's.")
+    ] = None,
+    best_effort: BestEffortOpt = False,
+    jobs: JobsOpt = None,
+    follow_symlinks: FollowSymlinksOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    animated: AnimatedOpt = "refuse",
+    as_json: JsonOpt = False,
+    report: ReportOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    compile: CompileOpt = False,
+) -> None:
+    """Encode every image of SRC with PRESET's recipe, score each output against the preset's
+    target, and report those that miss it (their originals are kept unless --best-effort).
+    Reruns skip outputs that are up to date; Ctrl-C leaves only whole files.
+    """
+    summary = _Printer("applying", as_json, report).run(
+        api.apply, preset, src, out_dir, refine=refine, target=target,
+        best_effort=best_effort, jobs=jobs, follow_symlinks=follow_symlinks,
+        max_pixels=max_pixels, animated=animated, weights=weights, device=device,
+        compile=compile,
+    )  # fmt: skip
+    _finish(summary, as_json=as_json, out_dir=out_dir)
+
+
+def export(
+    preset: PresetArg,
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="pillow (save kwargs), pillow-python, sharp, vips, vipsthumbnail, cwebp, "
+            "avifenc, cjpeg, magick, json or toml.",
+        ),
+    ],
+    input: Annotated[
+        str | None,
+        typer.Option(help="Fill the command's {input} placeholder with this path, shell-quoted."),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="Fill the command's {output} placeholder with this path, shell-quoted."),
+    ] = None,
+) -> None:
+    """Print PRESET's recipe for an asset pipeline tool. Settings a tool cannot express exactly
+    (a resize kernel, Pillow's sharpening, a different quality scale) are named in comments,
+    with the nearest documented equivalent used. Commands are printed for POSIX sh (bash, dash,
+    zsh) with paths quoted: each word holding an --input or --output path (derived names and
+    option suffixes included) is quoted whole, so spaces, quotes, ; or $(...) in a path stay part
+    of the file name, and a path starting with - is printed as ./-name. Without --input/--output
+    the {input} and {output} placeholders stay, to fill in."""
+    out.out(api.export(preset, to, input=input, output=output), end="", highlight=False)

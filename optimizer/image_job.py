@@ -1,0 +1,378 @@
+"""One image of a folder job: the smallest output meeting the target, or why there is none.
+
+`optimize_image` is a pure function of its arguments (a source path, the job's settings, a metric
+suite and a `Prediction`) that reads the source and writes nothing: it returns the outcome, the
+bytes to write and the qualities it found. Its inputs and outputs pickle, so it can run in
+another process or on another machine; `batch.run_folder` drives it over a folder.
+
+Per image, each allowed codec's lowest passing quality is found with `quality_search` (a first
+probe at the predicted quality, a step out to bracket, interpolation to `tolerance`). A codec is
+dropped as soon as it cannot win: a miss already larger than the best passing output so far
+(bytes grow with quality), or a pass whose bytes, extrapolated down to the target, still are.
+Where nothing passes even at the top, chroma subsampling is usually the culprit (flat colour,
+small text): the codecs that have 4:4:4 are searched again with it.
+
+Rules: an output never misses the target unless `best_effort` (then it is flagged); an output
+is never larger than its source (the source is kept instead, whole files compared) unless it is
+resized, which makes the sizes incomparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from .codecs import CODECS
+from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, load
+from .predictor import Prediction
+from .quality_search import Probe, SearchResult, bytes_per_margin, cannot_win, lowest_passing
+from .recipe import Candidate
+from .search import ImageSet
+from .targets import Target
+
+__all__ = [
+    "FLAT",
+    "ImageOutcome",
+    "ImageResult",
+    "Job",
+    "Mode",
+    "Status",
+    "optimize_image",
+]
+
+Mode = Literal["optimize", "apply"]
+#: the quality of `optimize`'s per-codec recipes before the search replaces it (part of the
+#: job's key, so it stays what earlier manifests recorded)
+PLACEHOLDER_QUALITY = 75
+#: margin change per quality step below which quality is judged not to matter (4:2:0 searches
+#: give up there and the 4:4:4 retry takes over)
+FLAT = 2e-4
+
+
+class Status(StrEnum):
+    """What happened to one image (written as its string in JSON, CSV and the manifest)."""
+
+    #: an encode that meets the target
+    WRITTEN = "written"
+    #: the source copied: nothing smaller passed
+    KEPT = "kept"
+    #: nothing met the target; the source copied (without --best-effort)
+    MISSED = "missed"
+    #: the closest encode written though it misses the target (flagged)
+    BEST_EFFORT = "best_effort"
+    #: unreadable or unusable input; nothing written
+    SKIPPED = "skipped"
+    #: done by an earlier run with the same job; nothing redone
+    UP_TO_DATE = "up_to_date"
+
+
+STATUSES = tuple(s.value for s in Status)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a run does to every image. Its `key` decides whether an earlier output still holds."""
+
+    mode: Mode
+    target: Target
+    #: per codec, the recipe searched or applied (quality: the preset's, or a placeholder)
+    bases: tuple[Candidate, ...]
+    search: bool = True  # optimize, or apply --refine; False: the recipe's quality as is
+    best_effort: bool = False
+    background: tuple[int, int, int] | None = None
+    max_width: int | None = None
+    max_height: int | None = None
+    tolerance: int = 3
+    #: per codec (lo, hi) quality bounds of the search
+    bounds: tuple[tuple[str, tuple[int, int]], ...] = ()
+    #: how sources are read (not part of `key`: they change which files load, not an output)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    animated: AnimatedPolicy = "refuse"
+
+    @classmethod
+    def optimize(
+        cls,
+        target: Target,
+        codecs: Sequence[str],
+        *,
+        bounds: dict[str, tuple[int, int]] | None = None,
+        **settings: Any,
+    ) -> Job:
+        """`optimize`'s job: each codec's default recipe, its quality searched per image."""
+        bases = tuple(Candidate.make(c, PLACEHOLDER_QUALITY) for c in codecs)
+        return cls(
+            "optimize", target, bases, search=True, bounds=tuple(sorted((bounds or {}).items())),
+            **settings,
+        )  # fmt: skip
+
+    @classmethod
+    def apply(cls, recipe: Candidate, target: Target, *, refine: bool = False, **settings: Any):
+        """`apply`'s job: one recipe on every image, its quality searched only with `refine`."""
+        return cls("apply", target, (recipe,), search=refine, **settings)
+
+    def bounds_for(self, codec: str) -> tuple[int, int]:
+        return dict(self.bounds).get(codec, CODECS[codec].quality_range)
+
+    def key(self, metric_spec: dict[str, Any]) -> str:
+        blob = json.dumps(
+            {
+                "mode": self.mode,
+                "target": str(self.target),
+                "bases": [b.as_dict() for b in self.bases],
+                "search": self.search,
+                "best_effort": self.best_effort,
+                "background": self.background,
+                "max": [self.max_width, self.max_height],
+                "tolerance": self.tolerance,
+                "bounds": self.bounds,
+                "metrics": metric_spec,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ImageOutcome:
+    """One image's result: what NDJSON prints, the CSV report holds and the manifest keeps."""
+
+    source: str  # path relative to SRC
+    status: Status
+    source_bytes: int = 0
+    output: str | None = None  # path relative to OUT
+    output_bytes: int = 0
+    codec: str | None = None
+    quality: int | None = None
+    params: dict[str, Any] | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    meets_target: bool | None = None
+    encodes: int = 0
+    error: str | None = None
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.source_bytes - self.output_bytes if self.output else 0
+
+    def record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = str(self.status)
+        d["saved_bytes"] = self.saved_bytes
+        d["ratio"] = (
+            round(self.output_bytes / self.source_bytes, 6)
+            if self.output and self.source_bytes
+            else None
+        )
+        d["scores"] = {k: (None if math.isinf(v) else v) for k, v in self.scores.items()}
+        return d
+
+
+@dataclass
+class ImageResult:
+    """What `optimize_image` hands back (all of it pickles)."""
+
+    outcome: ImageOutcome
+    #: the bytes to write to `outcome.output`; None: copy the source (or nothing, if skipped)
+    payload: bytes | None = None
+    #: codec -> the lowest passing quality this image needed (for the run's predictor)
+    found: dict[str, int] = field(default_factory=dict)
+    #: the codec of the output, if an encode was chosen
+    winner: str | None = None
+
+
+def stem_with(stem: str, suffix: str) -> str:
+    return stem if stem.endswith(suffix) else stem + suffix
+
+
+def optimize_image(
+    path: Path,
+    job: Job,
+    *,
+    suite,
+    prediction: Prediction,
+    name: str | None = None,
+    stem: str | None = None,
+) -> ImageResult:
+    """Search (or apply) `job` on one image. `name`: the source as reported (its path relative
+    to SRC; default the file name); `stem`: its output's path relative to OUT without the
+    extension (default `name` without its suffix). Reads `path`, writes nothing."""
+    rel = name or path.name
+    stem = stem or Path(rel).with_suffix("").as_posix()
+    try:
+        src = load(path, max_pixels=job.max_pixels, min_side=suite.min_side, animated=job.animated)
+    except ImageError as exc:
+        return ImageResult(ImageOutcome(rel, Status.SKIPPED, error=str(exc)))
+    outcome = ImageOutcome(rel, Status.KEPT, source_bytes=src.file_bytes)
+    images = ImageSet(
+        [src],
+        suite,
+        max_width=job.max_width,
+        max_height=job.max_height,
+        background=job.background,
+        keep_encoded=True,
+    )
+    bases = [b for b in job.bases if CODECS[b.codec].supports_alpha or not src.has_alpha]
+    if src.has_alpha and job.background is not None:
+        bases = list(job.bases)  # JPEG allowed: flattened onto the background
+    if not bases:
+        outcome.status = Status.SKIPPED
+        outcome.error = (
+            f"{path}: has transparency and the allowed codecs have none; give --background"
+        )
+        return ImageResult(outcome)
+    w, h = images.items[0].size
+    fits = [b for b in bases if max(w, h) <= CODECS[b.codec].max_side]
+    if not fits:
+        limits = ", ".join(f"{b.codec} {CODECS[b.codec].max_side}" for b in bases)
+        outcome.status = Status.SKIPPED
+        outcome.error = (
+            f"{path}: {w}x{h} has a side longer than the allowed codecs hold ({limits} px); "
+            "fit it with --max-width/--max-height or allow another codec"
+        )
+        return ImageResult(outcome)
+    search = _ImageSearch(images, job.target, resized=images.resized, source_bytes=src.file_bytes)
+    found: dict[str, int] = {}
+    for codec in prediction.order([b.codec for b in fits]):
+        for base in (b for b in fits if b.codec == codec):
+            if job.search:
+                q0, step = prediction.guess(codec)
+                if job.mode == "apply" and codec not in prediction.seen:
+                    q0 = base.quality  # --refine starts at the preset's quality
+                r = search.run(
+                    base, start=q0, step=step, bounds=job.bounds_for(codec),
+                    tolerance=job.tolerance,
+                    flat=FLAT if dict(base.options).get("subsampling") == "4:2:0"
+                    and not src.is_grey else None,
+                )  # fmt: skip
+            else:  # the recipe's own quality: one probe, kept if it passes
+                q = base.quality
+                r = search.run(base, start=q, step=1, bounds=(q, q), tolerance=0, prune=False)
+            if r.best is not None:
+                found[codec] = r.best.quality
+    if search.best is None and not any(p.passed for p in search.probes) and not src.is_grey:
+        # Nothing passed, even at the top: on flat colour and small text the culprit is usually
+        # chroma subsampling, not quality. Try the codecs that have 4:4:4 with it.
+        for base in fits:
+            if dict(base.options).get("subsampling") != "4:2:0":
+                continue
+            q0, step = prediction.guess(base.codec)
+            q = base.quality
+            search.run(
+                base.with_options(subsampling="4:4:4"),
+                start=q0 if job.search else q,
+                step=step,
+                bounds=job.bounds_for(base.codec) if job.search else (q, q),
+                tolerance=job.tolerance,
+                keep_first=False,
+            )
+    outcome.encodes = images.encodes
+    result = ImageResult(outcome, found=found)
+    if search.best is not None:
+        cand, values = search.best.result
+        _, result.payload = images.render(images.items[0], cand)
+        result.winner = cand.codec
+        _fill(outcome, Status.WRITTEN, stem=stem, cand=cand, probe=search.best, values=values)
+        return result
+    # Nothing passed and beat the source. Did anything pass at all?
+    passing = any(p.passed for p in search.probes)
+    # A search stopped by the source's size: passing would take more bytes than the original.
+    too_large = not images.resized and any(p.bytes >= src.file_bytes for p in search.probes)
+    if passing or too_large:
+        # The original is kept: it is the reference, so it meets any target (no scores needed).
+        outcome.meets_target = True
+        outcome.status = Status.KEPT
+        outcome.output = stem_with(stem, Path(rel).suffix)
+        outcome.output_bytes = src.file_bytes
+        return result
+    if not search.probes:
+        outcome.status, outcome.error = Status.SKIPPED, f"{path}: no codec could be tried"
+        return result
+    closest = max(search.probes, key=lambda p: p.margin)
+    c, values = closest.result
+    missed = (
+        f"{path}: no {'/'.join(b.codec for b in fits)} encode met {job.target}; "
+        f"closest: {c.codec} q{c.quality}"
+        + "".join(f", {k}={values[k]:.4g}" for k in job.target.metrics)
+    )
+    if job.best_effort:
+        _, data = images.render(images.items[0], c)
+        if images.resized or len(data) < src.file_bytes:
+            result.payload = data
+            _fill(outcome, Status.BEST_EFFORT, stem=stem, cand=c, probe=closest, values=values)
+            outcome.error = missed + "; written anyway (--best-effort)"
+            return result
+    outcome.status = Status.MISSED
+    outcome.meets_target = False
+    outcome.scores = dict(values)
+    outcome.codec, outcome.quality, outcome.params = c.codec, c.quality, c.as_dict()
+    outcome.output = stem_with(stem, Path(rel).suffix)
+    outcome.output_bytes = src.file_bytes
+    outcome.error = missed + (
+        "; original kept" if not job.best_effort else "; original kept (smaller)"
+    )
+    return result
+
+
+class _ImageSearch:
+    """One image's searches, recipe after recipe: every probe, and the best output so far."""
+
+    def __init__(self, images: ImageSet, target: Target, *, resized: bool, source_bytes: int):
+        self.images, self.target, self.resized = images, target, resized
+        self.probes: list[Probe] = []
+        self.best: Probe | None = None
+        # Beat the source (an output never exceeds it) unless resizing makes it incomparable.
+        self.best_bytes = math.inf if resized else float(source_bytes)
+
+    def probe(self, cand: Candidate) -> Probe:
+        nbytes, values = self.images.score(0, cand)
+        margin = min(
+            c.margin(values[c.metric]) / max(abs(c.value), 1e-9) for c in self.target.clauses
+        )
+        return Probe(cand.quality, nbytes, self.target.met(values), margin, (cand, values))
+
+    def run(
+        self,
+        base: Candidate,
+        *,
+        prune: bool = True,
+        keep_first: bool = True,
+        **search: Any,
+    ) -> SearchResult:
+        """The lowest passing quality of `base`'s recipe; it becomes the best if smaller (or, with
+        `keep_first` and a resized set, if it is the first pass). `prune`: give up on a recipe
+        that cannot beat the best so far."""
+        give_up = None
+        if prune:
+            rate = bytes_per_margin(self._by_recipe()) if math.isfinite(self.best_bytes) else None
+            give_up = cannot_win(self.best_bytes, rate)
+        r = lowest_passing(lambda q: self.probe(base.with_quality(q)), give_up=give_up, **search)
+        self.probes.extend(r.probes)
+        p = r.best
+        if p is not None and (
+            p.bytes < self.best_bytes or (keep_first and self.best is None and self.resized)
+        ):
+            self.best_bytes, self.best = p.bytes, p
+        return r
+
+    def _by_recipe(self) -> list[list[Probe]]:
+        groups: dict[tuple, list[Probe]] = {}
+        for p in self.probes:
+            cand = p.result[0]
+            groups.setdefault((cand.codec, cand.options), []).append(p)
+        return list(groups.values())
+
+
+def _fill(
+    o: ImageOutcome, status: Status, *, stem: str, cand: Candidate, probe: Probe, values: dict
+) -> None:
+    o.status = status
+    o.output = stem_with(stem, CODECS[cand.codec].extension)
+    o.output_bytes = int(probe.bytes)
+    o.codec, o.quality, o.params = cand.codec, cand.quality, cand.as_dict()
+    o.scores = dict(values)
+    o.meets_target = status == Status.WRITTEN

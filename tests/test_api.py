@@ -1,0 +1,133 @@
+"""The Python API: the commands' defaults, README lines that run, modules that import alone."""
+
+from __future__ import annotations
+
+import inspect
+import pkgutil
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import typer.main
+
+import optimizer
+from optimizer import api
+from optimizer.cli import app
+
+from .conftest import thumbnails
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: CLI option -> (API keyword, how a CLI default reads as the API's)
+RENAMED = {
+    "out_dir": ("out", None),
+    "no_resize_search": ("resize_search", lambda v: not v),
+    "no_sharpen": ("sharpen", lambda v: not v),
+}
+
+
+def _cli_defaults(name: str) -> dict[str, object]:
+    command = typer.main.get_command(app).commands[name]
+    return {p.name: p.default for p in command.params if not p.required}
+
+
+def _as_api(value: object) -> object:
+    if isinstance(value, str) and "," in value:
+        return tuple(value.split(","))
+    return value
+
+
+@pytest.mark.parametrize(
+    "command, function, cli_only",
+    [
+        ("tune", api.tune, {"as_json"}),
+        ("optimize", api.optimize, {"as_json", "report"}),
+        ("apply", api.apply, {"as_json", "report"}),
+        ("score", api.score, {"as_json", "csv"}),
+        ("report", api.report, set()),
+    ],
+)
+def test_api_defaults_are_the_commands_defaults(command, function, cli_only):
+    params = inspect.signature(function).parameters
+    compared = 0
+    for option, default in _cli_defaults(command).items():
+        if option in cli_only:
+            continue
+        keyword, convert = RENAMED.get(option, (option, None))
+        if command == "report" and option == "out_file":
+            keyword = "out"
+        assert keyword in params, f"imgtune {command} --{option} has no API keyword"
+        p = params[keyword]
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY, f"{keyword} is not keyword-only"
+        want = convert(default) if convert else default
+        assert _as_api(p.default) == _as_api(want), f"{command}: {keyword}"
+        compared += 1
+    assert compared >= 3
+    # and the API has nothing the command lacks, but callbacks, a reusable suite and the
+    # studies folder (the command's is fixed: ./studies)
+    extra = {
+        k
+        for k, p in params.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and not k.startswith("on_")
+    }
+    cli = {RENAMED.get(o, (o, None))[0] for o in _cli_defaults(command)} | {"out"}
+    assert extra - cli <= {"suite", "studies"}
+
+
+def test_api_and_command_agree_on_the_default_target():
+    assert inspect.signature(api.tune).parameters["quality"].default == "high"
+    assert _cli_defaults("tune")["quality"] == "high"
+    assert inspect.signature(api.optimize).parameters["codecs"].default == ("avif", "webp")
+    assert _cli_defaults("optimize")["codecs"] == "avif,webp"
+    assert inspect.signature(api.tune).parameters["strategy"].default == "bisect"
+    assert inspect.signature(api.tune).parameters["trials"].default == 20
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    names = sorted(m.name for m in pkgutil.walk_packages(optimizer.__path__, prefix="optimizer."))
+    assert "optimizer.cli.tune" in names and "optimizer.quality_search" in names
+
+    def first_import(name: str) -> str | None:
+        # One module per interpreter: a cycle shows only when its module is imported first.
+        r = subprocess.run(
+            [sys.executable, "-c", f"import {name}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        return f"{name}: {last}" if r.returncode else None
+
+    with ThreadPoolExecutor(4) as pool:  # four interpreters at a time bound the memory
+        failures = [f for f in pool.map(first_import, names) if f]
+    assert not failures, "\n".join(failures)
+
+
+def _readme_python() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, "the README's Python section has examples"
+    return "\n".join(blocks)
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    """Exactly the README's lines, in a folder whose sample_images are small copies."""
+    code = _readme_python()
+    for call in ("optimizer.tune(", "optimizer.optimize(", "optimizer.score("):
+        assert call in code
+    thumbnails(
+        tmp_path / "sample_images",
+        {"chelsea.png": "chelsea", "coffee.png": "coffee", "rocket.png": "rocket"},
+        side=64,
+    )
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert (tmp_path / "optimised" / ".imgtune-manifest.jsonl").is_file()
+    assert list((tmp_path / "studies").glob("*.preset.json"))
+    assert "ssimulacra2" in printed
