@@ -433,6 +433,7 @@ def optimize(
     max_width: int | None = None,
     max_height: int | None = None,
     jobs: int | None = None,
+    cluster: str | None = None,
     follow_symlinks: bool = False,
     max_pixels: int | None = None,
     animated: AnimatedPolicy = "refuse",
@@ -473,6 +474,10 @@ def optimize(
         this box.
     jobs:
         Images processed at once (threads; default: the CPU cores).
+    cluster:
+        Run on Dask instead of threads: ``"local:N"`` starts N worker processes here; a
+        scheduler address (``"tcp://host:8786"``) uses a running cluster whose workers see
+        `src` at the same path. Outputs are the same either way.
     follow_symlinks, max_pixels, animated, weights, device, compile:
         As for `tune`.
     on_start, on_result, on_warning:
@@ -505,9 +510,9 @@ def optimize(
         animated=check_animated(animated),
     )  # fmt: skip
     return _run_folder(
-        src, out, job, QualityPredictor(start), jobs=jobs, follow_symlinks=follow_symlinks,
-        weights=weights, device=device, compile=compile, on_start=on_start,
-        on_result=on_result, on_warning=on_warning,
+        src, out, job, QualityPredictor(start), jobs=jobs, cluster=cluster,
+        follow_symlinks=follow_symlinks, weights=weights, device=device, compile=compile,
+        on_start=on_start, on_result=on_result, on_warning=on_warning,
     )  # fmt: skip
 
 
@@ -520,6 +525,7 @@ def apply(
     target: str | Target | None = None,
     best_effort: bool = False,
     jobs: int | None = None,
+    cluster: str | None = None,
     follow_symlinks: bool = False,
     max_pixels: int | None = None,
     animated: AnimatedPolicy = "refuse",
@@ -550,17 +556,51 @@ def apply(
         max_pixels=_limit(max_pixels), animated=check_animated(animated),
     )  # fmt: skip
     return _run_folder(
-        src, out, job, QualityPredictor(), jobs=jobs, follow_symlinks=follow_symlinks,
-        weights=weights, device=device, compile=compile, on_start=on_start,
-        on_result=on_result, on_warning=on_warning,
+        src, out, job, QualityPredictor(), jobs=jobs, cluster=cluster,
+        follow_symlinks=follow_symlinks, weights=weights, device=device, compile=compile,
+        on_start=on_start, on_result=on_result, on_warning=on_warning,
     )  # fmt: skip
 
 
-def _run_folder(src, out, job, predictor, *, jobs, weights, device, compile, **kw) -> RunSummary:
+@dataclass(frozen=True)
+class SuiteRecipe:
+    """How to build a metric suite, small and hashable: what a cluster's workers get, so each
+    builds its own (on its own device) once."""
+
+    names: tuple[str, ...]
+    composite: str | None = None
+    lpips_net: str = "alex"
+    weights: str | None = None
+    device: str = "auto"
+    compile: bool = False
+
+    def build(self) -> MetricSuite:
+        return build_suite(
+            metrics=list(self.names), composite=self.composite, lpips_net=self.lpips_net,
+            weights=self.weights, device=self.device, compile=self.compile,
+        )  # fmt: skip
+
+
+def _run_folder(
+    src, out, job, predictor, *, jobs, cluster, weights, device, compile, **kw
+) -> RunSummary:
     from .batch import run_folder
 
     src = _folder(src)
     suite = build_suite(target=job.target, weights=weights, device=device, compile=compile)
+    if cluster is not None:
+        from .cluster import open_cluster
+
+        recipe = SuiteRecipe(
+            tuple(job.target.needed_metrics()),
+            weights=None if weights is None else str(weights),
+            device=device,
+            compile=compile,
+        )
+        with open_cluster(cluster, recipe) as c:
+            return run_folder(
+                src, Path(out), job, suite=suite, cluster=c, predictor=predictor, **kw
+            )
     jobs = jobs or os.cpu_count() or 1
     if jobs > 1:
         import torch

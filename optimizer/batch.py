@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class RunSummary:
     seconds: float = 0.0
     manifest_problems: int = 0  # invalid manifest lines ignored (their images redone)
     target: str = ""  # the target every output was judged against
+    retried: int = 0  # images rerun on another worker after theirs died (--cluster)
 
     @property
     def saved_bytes(self) -> int:
@@ -122,6 +124,7 @@ def run_folder(
     jobs: int = 1,
     follow_symlinks: bool = False,
     predictor: QualityPredictor | None = None,
+    cluster: Any = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
@@ -154,84 +157,133 @@ def run_folder(
             out=out,
             manifest=manifest,
             job=job,
-            suite=suite,
             predictor=predictor or QualityPredictor(),
             names=output_names([p for p in listed if isinstance(p, Path)], src_root),
             key=job.key(suite.describe()),
         )
-        run.replay_history()
-        summary = _drive(run.work, listed, jobs=jobs, on_result=on_result)
+        if cluster is None:
+            with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="imgtune") as pool:
+
+                def submit(path, job_, prediction, name, stem):
+                    return pool.submit(
+                        optimize_image, path, job_, suite=suite, prediction=prediction,
+                        name=name, stem=stem,
+                    )  # fmt: skip
+
+                try:
+                    summary = _drive(
+                        run, listed, submit=submit, window=2 * max(1, jobs), on_result=on_result
+                    )
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            summary = cluster.drive(run, listed, _drive, on_result=on_result)
     summary.manifest_problems = manifest.bad_lines
     summary.target = str(job.target)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
+#: image k's first guesses use the results of images [0, horizon(k)): at most this many images
+#: behind it, and at the start every power of two (1, 2, 4, ...). Fixed, so what a run writes
+#: does not depend on --jobs or --cluster, nor on which image finished first.
+PREDICTION_LAG = 16
+
+
+def horizon(k: int) -> int:
+    """How many of the images before image k its quality predictions may learn from."""
+    power = 1 << (k.bit_length() - 1) if k else 0
+    return max(power, k - PREDICTION_LAG)
+
+
+@dataclass
+class _Slot:
+    """One image of the run, from the walk to its line in the manifest."""
+
+    index: int
+    rel: str
+    path: Path | None = None
+    #: decided without computing (a link out of SRC, an output up to date)
+    outcome: ImageOutcome | None = None
+    future: Any = None
+    stem: str = ""
+    sha: str | None = None
+    entry: dict[str, Any] | None = None
+
+
 @dataclass
 class _FolderRun:
-    """One run's per-image work: what every image of it shares."""
+    """One run: what every image shares, the driver's side of each image (the walk, the
+    manifest, the writes) and what images taught the predictor."""
 
     src_root: Path
     out: OutputDir
     manifest: Manifest
     job: Job
-    suite: Any
     predictor: QualityPredictor
     names: dict[Path, str]  # source -> output stem
     key: str  # the job's settings, as the manifest records them
+    found: dict[int, ImageResult | dict[str, Any]] = field(default_factory=dict)
+    learned: int = 0
 
-    def replay_history(self) -> None:
-        """A resumed run predicts qualities as the killed one did."""
-        for key, codec, quality in self.manifest.history:
-            if key == self.key:
-                self.predictor.record(codec, quality, True)
+    def learn_until(self, end: int) -> None:
+        """Teach the predictor what images [learned, end) needed, in input order."""
+        while self.learned < end:
+            r = self.found.pop(self.learned, None)
+            if isinstance(r, ImageResult):
+                for codec, quality in r.found.items():
+                    self.predictor.record(codec, quality, codec == r.winner)
+            elif r is not None and r.get("codec") and r.get("quality"):  # up to date
+                self.predictor.record(r["codec"], int(r["quality"]), True)
+            self.learned += 1
 
-    def learn(self, r: ImageResult) -> None:
-        """What an image needed, for the next images' first guesses."""
-        for codec, quality in r.found.items():
-            self.predictor.record(codec, quality, codec == r.winner)
-
-    def work(self, item: Path | ImageError) -> ImageOutcome:
+    def prepare(self, index: int, item: Path | ImageError) -> _Slot:
         if isinstance(item, ImageError):  # a link out of SRC: reported, never read
-            return ImageOutcome(
-                item.path.relative_to(self.src_root).as_posix(), Status.SKIPPED, error=str(item)
-            )
+            rel = item.path.relative_to(self.src_root).as_posix()
+            return _Slot(index, rel, outcome=ImageOutcome(rel, Status.SKIPPED, error=str(item)))
         rel = item.relative_to(self.src_root).as_posix()
+        slot = _Slot(index, rel, item, stem=self.names[item], entry=self.manifest.lookup(rel))
+        with suppress(OSError):  # unreadable (a broken link, a folder): `load` says why
+            slot.sha = _sha256(item.read_bytes())
+        entry = slot.entry
+        if slot.sha and _up_to_date(
+            entry, self.key, src_sha=slot.sha, out=self.out, stem=slot.stem, rel=rel
+        ):
+            o = ImageOutcome(**{k: entry[k] for k in _OUTCOME_FIELDS if k in entry})
+            o.status, o.encodes = Status.UP_TO_DATE, 0
+            slot.outcome = o
+            if entry["status"] == Status.WRITTEN:
+                self.found[index] = entry
+        return slot
+
+    def finish(self, slot: _Slot) -> ImageOutcome:
+        """The image's outcome, its output written and its manifest line appended."""
+        if slot.outcome is not None:
+            return slot.outcome
         try:
-            return self._work(item, rel)
+            r = slot.future.result()
+        except Exception as exc:  # one image's surprise must not cost the others their run
+            if type(exc).__name__ == "KilledWorker":
+                why = "every worker that ran it died (too large for a worker's memory?)"
+            else:
+                why = f"failed ({type(exc).__name__}: {exc})"
+            return ImageOutcome(
+                slot.rel,
+                Status.SKIPPED,
+                error=f"{slot.path}: {why}; its output was not written (please report this)",
+            )
+        self.found[slot.index] = r
+        try:
+            return self._write(slot, r)
         except OutputUnwritableError:
             raise  # stops the run: every other image would fail the same way
         except UnsafePathError as exc:
-            return ImageOutcome(rel, Status.SKIPPED, error=f"{item}: output not written: {exc}")
-        except Exception as exc:  # one image's surprise must not cost the others their run
             return ImageOutcome(
-                rel,
-                Status.SKIPPED,
-                error=f"{item}: failed ({type(exc).__name__}: {exc}); its output was not "
-                "written (please report this)",
+                slot.rel, Status.SKIPPED, error=f"{slot.path}: output not written: {exc}"
             )
 
-    def _work(self, path: Path, rel: str) -> ImageOutcome:
-        stem = self.names[path]
-        try:
-            sha = _sha256(path.read_bytes())
-        except OSError:
-            sha = None  # unreadable (a broken link, a folder): `load` names the reason below
-        entry = self.manifest.lookup(rel)
-        if sha and _up_to_date(entry, self.key, src_sha=sha, out=self.out, stem=stem, rel=rel):
-            o = ImageOutcome(**{k: entry[k] for k in _OUTCOME_FIELDS if k in entry})
-            o.status, o.encodes = Status.UP_TO_DATE, 0
-            return o
-        r = optimize_image(
-            path,
-            self.job,
-            suite=self.suite,
-            prediction=self.predictor.snapshot([b.codec for b in self.job.bases]),
-            name=rel,
-            stem=stem,
-        )
-        self.learn(r)
-        outcome, payload = r.outcome, r.payload
+    def _write(self, slot: _Slot, r: ImageResult) -> ImageOutcome:
+        outcome, payload, path, entry = r.outcome, r.payload, slot.path, slot.entry
         if outcome.status == Status.SKIPPED or outcome.output is None:
             return outcome
         body = path.read_bytes() if payload is None else payload
@@ -239,57 +291,79 @@ class _FolderRun:
             outcome.output_bytes = len(body)
         self.out.write_bytes(outcome.output, body)
         old = entry["output"] if entry else None
-        if old and old != outcome.output and old in _expected_outputs(stem, rel):
+        if old and old != outcome.output and old in _expected_outputs(slot.stem, slot.rel):
             # A stale output of an earlier job: removed only if it is still what we wrote.
             self.out.remove(old, sha256=entry["output_sha256"])
         self.manifest.append(
             {
                 **outcome.record(),
                 "job": self.key,
-                "sha256": sha or _sha256(path.read_bytes()),
+                "sha256": slot.sha or _sha256(path.read_bytes()),
                 "output_sha256": _sha256(body),
             }
         )
         return outcome
 
 
+#: submit(path, job, prediction, name, stem) -> a future of `optimize_image`'s ImageResult
+Submit = Callable[..., Any]
+
+
 def _drive(
-    work: Callable[[Any], ImageOutcome],
-    items: Sequence[Any],
+    run: _FolderRun,
+    items: Sequence[Path | ImageError],
     *,
-    jobs: int,
+    submit: Submit,
+    window: int,
     on_result: Callable[[ImageOutcome], None] | None,
+    after: Callable[[_Slot], None] | None = None,
 ) -> RunSummary:
-    """`work` on every item in threads, at most 2 * jobs in flight whatever the folder's size;
-    results in input order. Ctrl-C: the images in flight finish, the summary says so."""
+    """Every image through `submit` (threads or a cluster), at most `window` in flight whatever
+    the folder's size; outputs written and results reported in input order, from this thread.
+    Ctrl-C: the images already computed are written, the rest left for the next run."""
     summary = RunSummary()
-    pending: deque[Future] = deque()
-    executor = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="imgtune")
+    pending: deque[_Slot] = deque()
+    codecs = [b.codec for b in run.job.bases]
+
+    def emit() -> None:
+        o = run.finish(pending[0])
+        if after:
+            after(pending[0])
+        pending.popleft()
+        summary.add(o)
+        if on_result:
+            on_result(o)
+
     try:
-        it: Iterator[Any] = iter(items)
-        while True:
-            while len(pending) < 2 * max(1, jobs):
-                item = next(it, None)
-                if item is None:
-                    break
-                pending.append(executor.submit(work, item))
-            if not pending:
-                break
-            o = pending.popleft().result()
-            summary.add(o)
-            if on_result:
-                on_result(o)
+        for k, item in enumerate(items):
+            h = horizon(k)
+            while pending and (len(pending) >= window or pending[0].index < h):
+                emit()
+            run.learn_until(h)
+            slot = run.prepare(k, item)
+            if slot.outcome is None:
+                prediction = run.predictor.snapshot(codecs)
+                slot.future = submit(slot.path, run.job, prediction, slot.rel, slot.stem)
+            pending.append(slot)
+        while pending:
+            emit()
     except KeyboardInterrupt:
         summary.interrupted = True
-        for f in pending:
-            f.cancel()
+        _cancel(pending)
+        while pending and (pending[0].future is None or pending[0].future.done()):
+            if pending[0].future is not None and pending[0].future.cancelled():
+                break
+            emit()  # computed already: written whole
     except OutputUnwritableError:
-        for f in pending:  # the images in flight finish or fail whole; no new ones start
-            f.cancel()
+        _cancel(pending)  # no new image starts; nothing half-written
         raise
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
     return summary
+
+
+def _cancel(pending: deque[_Slot]) -> None:
+    for slot in pending:
+        if slot.future is not None:
+            slot.future.cancel()
 
 
 _OUTCOME_FIELDS = (

@@ -36,6 +36,15 @@ JobsOpt = Annotated[
         "--jobs", "-j", help="Images processed at once (threads; default: the CPU cores)."
     ),
 ]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="Run on Dask instead of threads: local:N starts N worker processes here; "
+        "tcp://HOST:8786 uses a running scheduler whose workers see SRC at the same path. "
+        "Outputs are the same as without it.",
+    ),
+]
 JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="NDJSON on stdout: one object per image, then a summary line."),
@@ -143,6 +152,7 @@ def _finish(summary, *, as_json: bool, out_dir: Path) -> None:
                 "seconds": round(summary.seconds, 2),
                 "interrupted": summary.interrupted,
                 "manifest_problems": summary.manifest_problems,
+                "retried": summary.retried,
             }
         )
     else:
@@ -156,6 +166,7 @@ def _finish(summary, *, as_json: bool, out_dir: Path) -> None:
             f"{summary.source_bytes:,} -> {summary.output_bytes:,} bytes ({pct:.1f}% smaller); "
             f"{summary.encodes_per_image:.2f} encodes per image searched; target {target}; "
             f"{summary.seconds:.1f} s"
+            + (f"; {summary.retried} rerun after a worker died" if summary.retried else "")
             + ("; [yellow]interrupted[/yellow]" if summary.interrupted else "")
         )
     raise typer.Exit(ExitCode.INTERRUPTED if summary.interrupted else summary.exit_code)
@@ -191,6 +202,7 @@ def optimize(
     max_width: MaxWidthOpt = None,
     max_height: MaxHeightOpt = None,
     jobs: JobsOpt = None,
+    cluster: ClusterOpt = None,
     follow_symlinks: FollowSymlinksOpt = False,
     max_pixels: MaxPixelsOpt = None,
     animated: AnimatedOpt = "refuse",
@@ -214,7 +226,7 @@ def optimize(
         api.optimize, src, out_dir, target=target, quality=quality, codecs=codecs,
         preset=preset, tolerance=tolerance, quality_range=quality_range,
         best_effort=best_effort, background=background, max_width=max_width,
-        max_height=max_height, jobs=jobs, follow_symlinks=follow_symlinks,
+        max_height=max_height, jobs=jobs, cluster=cluster, follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
         compile=compile,
     )  # fmt: skip
@@ -238,6 +250,7 @@ def apply(
     ] = None,
     best_effort: BestEffortOpt = False,
     jobs: JobsOpt = None,
+    cluster: ClusterOpt = None,
     follow_symlinks: FollowSymlinksOpt = False,
     max_pixels: MaxPixelsOpt = None,
     animated: AnimatedOpt = "refuse",
@@ -253,7 +266,7 @@ def apply(
     """
     summary = _Printer("applying", as_json, report).run(
         api.apply, preset, src, out_dir, refine=refine, target=target,
-        best_effort=best_effort, jobs=jobs, follow_symlinks=follow_symlinks,
+        best_effort=best_effort, jobs=jobs, cluster=cluster, follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
         compile=compile,
     )  # fmt: skip
