@@ -434,6 +434,7 @@ def optimize(
     max_height: int | None = None,
     jobs: int | None = None,
     cluster: str | None = None,
+    memory: str | int | None = None,
     follow_symlinks: bool = False,
     max_pixels: int | None = None,
     animated: AnimatedPolicy = "refuse",
@@ -478,6 +479,10 @@ def optimize(
         Run on Dask instead of threads: ``"local:N"`` starts N worker processes here; a
         scheduler address (``"tcp://host:8786"``) uses a running cluster whose workers see
         `src` at the same path. Outputs are the same either way.
+    memory:
+        The memory images in flight may use (threads): ``"8G"``, ``"500M"``, bytes, or
+        ``"off"``; default half the machine's RAM. Images are admitted while their estimated
+        working set fits; one larger than the budget runs alone.
     follow_symlinks, max_pixels, animated, weights, device, compile:
         As for `tune`.
     on_start, on_result, on_warning:
@@ -511,8 +516,8 @@ def optimize(
     )  # fmt: skip
     return _run_folder(
         src, out, job, QualityPredictor(start), jobs=jobs, cluster=cluster,
-        follow_symlinks=follow_symlinks, weights=weights, device=device, compile=compile,
-        on_start=on_start, on_result=on_result, on_warning=on_warning,
+        memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
+        compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
     )  # fmt: skip
 
 
@@ -526,6 +531,7 @@ def apply(
     best_effort: bool = False,
     jobs: int | None = None,
     cluster: str | None = None,
+    memory: str | int | None = None,
     follow_symlinks: bool = False,
     max_pixels: int | None = None,
     animated: AnimatedPolicy = "refuse",
@@ -557,8 +563,8 @@ def apply(
     )  # fmt: skip
     return _run_folder(
         src, out, job, QualityPredictor(), jobs=jobs, cluster=cluster,
-        follow_symlinks=follow_symlinks, weights=weights, device=device, compile=compile,
-        on_start=on_start, on_result=on_result, on_warning=on_warning,
+        memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
+        compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
     )  # fmt: skip
 
 
@@ -581,12 +587,38 @@ class SuiteRecipe:
         )  # fmt: skip
 
 
+def memory_budget(memory: str | int | None) -> int | None:
+    """Bytes from ``"8G"``/``"500M"``/``"1.5T"``/an int; None: half of this machine's RAM;
+    ``"off"``: no budget (None)."""
+    if memory is None:
+        import psutil
+
+        return psutil.virtual_memory().total // 2
+    if isinstance(memory, int) and not isinstance(memory, bool):
+        if memory < 1:
+            raise UsageError(f"memory must be positive, got {memory}")
+        return memory
+    text = str(memory).strip().upper()
+    if text == "OFF":
+        return None
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in "KMGT" else text
+    try:
+        value = float(number.removesuffix("I"))
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UsageError(f"memory must be like 8G, 500M, a number of bytes or off, not {memory!r}")
+    return int(value * scale)
+
+
 def _run_folder(
-    src, out, job, predictor, *, jobs, cluster, weights, device, compile, **kw
+    src, out, job, predictor, *, jobs, cluster, memory, weights, device, compile, **kw
 ) -> RunSummary:
     from .batch import run_folder
 
     src = _folder(src)
+    memory_budget(memory)  # a bad value is refused before any work, with or without a cluster
     suite = build_suite(target=job.target, weights=weights, device=device, compile=compile)
     if cluster is not None:
         from .cluster import open_cluster
@@ -607,7 +639,10 @@ def _run_folder(
 
         # Threads share the cores: one torch thread each avoids oversubscribing them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
-    return run_folder(src, Path(out), job, suite=suite, jobs=jobs, predictor=predictor, **kw)
+    return run_folder(
+        src, Path(out), job, suite=suite, jobs=jobs, predictor=predictor,
+        memory=memory_budget(memory), **kw,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------- presets and studies

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .codecs import CODECS
 from .image_job import (
     STATUSES,
@@ -48,6 +50,11 @@ from .outdir import (
     output_names,
 )
 from .predictor import QualityPredictor
+
+#: peak bytes an image's search holds per source pixel (decoded source, transformed copy, encoder
+#: buffers, prepared reference, metric working set): 228 measured for the default target on a
+#: 6 MP photo (benchmarks/RESULTS.md), rounded up
+WORKING_SET_PER_PIXEL = 250
 
 __all__ = ["RunSummary", "run_folder"]
 
@@ -124,6 +131,7 @@ def run_folder(
     jobs: int = 1,
     follow_symlinks: bool = False,
     predictor: QualityPredictor | None = None,
+    memory: int | None = None,
     cluster: Any = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -172,8 +180,9 @@ def run_folder(
 
                 try:
                     summary = _drive(
-                        run, listed, submit=submit, window=2 * max(1, jobs), on_result=on_result
-                    )
+                        run, listed, submit=submit, window=2 * max(1, jobs), on_result=on_result,
+                        budget_pixels=None if memory is None else memory / WORKING_SET_PER_PIXEL,
+                    )  # fmt: skip
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
         else:
@@ -206,6 +215,8 @@ class _Slot:
     #: decided without computing (a link out of SRC, an output up to date)
     outcome: ImageOutcome | None = None
     future: Any = None
+    #: the source's pixels (from its header): what its search will hold in memory
+    pixels: int = 0
     stem: str = ""
     sha: str | None = None
     entry: dict[str, Any] | None = None
@@ -245,6 +256,8 @@ class _FolderRun:
         slot = _Slot(index, rel, item, stem=self.names[item], entry=self.manifest.lookup(rel))
         with suppress(OSError):  # unreadable (a broken link, a folder): `load` says why
             slot.sha = _sha256(item.read_bytes())
+        with suppress(Exception), Image.open(item) as im:  # the header only; `load` checks
+            slot.pixels = im.size[0] * im.size[1]
         entry = slot.entry
         if slot.sha and _up_to_date(
             entry, self.key, src_sha=slot.sha, out=self.out, stem=slot.stem, rel=rel
@@ -317,10 +330,13 @@ def _drive(
     window: int,
     on_result: Callable[[ImageOutcome], None] | None,
     after: Callable[[_Slot], None] | None = None,
+    budget_pixels: float | None = None,
 ) -> RunSummary:
     """Every image through `submit` (threads or a cluster), at most `window` in flight whatever
-    the folder's size; outputs written and results reported in input order, from this thread.
-    Ctrl-C: the images already computed are written, the rest left for the next run."""
+    the folder's size, and with `budget_pixels`, no more source pixels in flight than that (an
+    image larger than the budget runs alone); outputs written and results reported in input
+    order, from this thread. Ctrl-C: the images already computed are written, the rest left for
+    the next run."""
     summary = RunSummary()
     pending: deque[_Slot] = deque()
     codecs = [b.codec for b in run.job.bases]
@@ -342,6 +358,12 @@ def _drive(
             run.learn_until(h)
             slot = run.prepare(k, item)
             if slot.outcome is None:
+                while (
+                    budget_pixels is not None
+                    and pending
+                    and sum(s.pixels for s in pending) + slot.pixels > budget_pixels
+                ):
+                    emit()
                 prediction = run.predictor.snapshot(codecs)
                 slot.future = submit(slot.path, run.job, prediction, slot.rel, slot.stem)
             pending.append(slot)

@@ -45,6 +45,15 @@ ClusterOpt = Annotated[
         "Outputs are the same as without it.",
     ),
 ]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory",
+        help="Memory the images in flight may use (threads): 8G, 500M, bytes or off; default "
+        "half this machine's RAM. Images are admitted while their estimated working set fits; "
+        "one larger than the budget runs alone. On a cluster, workers' own limits apply.",
+    ),
+]
 JsonOpt = Annotated[
     bool,
     typer.Option("--json", help="NDJSON on stdout: one object per image, then a summary line."),
@@ -203,6 +212,7 @@ def optimize(
     max_height: MaxHeightOpt = None,
     jobs: JobsOpt = None,
     cluster: ClusterOpt = None,
+    memory: MemoryOpt = None,
     follow_symlinks: FollowSymlinksOpt = False,
     max_pixels: MaxPixelsOpt = None,
     animated: AnimatedOpt = "refuse",
@@ -226,7 +236,8 @@ def optimize(
         api.optimize, src, out_dir, target=target, quality=quality, codecs=codecs,
         preset=preset, tolerance=tolerance, quality_range=quality_range,
         best_effort=best_effort, background=background, max_width=max_width,
-        max_height=max_height, jobs=jobs, cluster=cluster, follow_symlinks=follow_symlinks,
+        max_height=max_height, jobs=jobs, cluster=cluster, memory=memory,
+        follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
         compile=compile,
     )  # fmt: skip
@@ -251,6 +262,7 @@ def apply(
     best_effort: BestEffortOpt = False,
     jobs: JobsOpt = None,
     cluster: ClusterOpt = None,
+    memory: MemoryOpt = None,
     follow_symlinks: FollowSymlinksOpt = False,
     max_pixels: MaxPixelsOpt = None,
     animated: AnimatedOpt = "refuse",
@@ -266,7 +278,8 @@ def apply(
     """
     summary = _Printer("applying", as_json, report).run(
         api.apply, preset, src, out_dir, refine=refine, target=target,
-        best_effort=best_effort, jobs=jobs, cluster=cluster, follow_symlinks=follow_symlinks,
+        best_effort=best_effort, jobs=jobs, cluster=cluster, memory=memory,
+        follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
         compile=compile,
     )  # fmt: skip
