@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     rows = []
+    load = os.getloadavg()[0]  # other work on the machine slows the times (not the memory)
     with tempfile.TemporaryDirectory() as tmp:
         for mp in (float(x) for x in args.sizes.split(",")):
             photo = make_photo(Path(args.corpus), mp, Path(tmp) / f"{mp}mp.png")
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{command.strip()}`  ",
         f"`optimize_image`, target `ssimulacra2>=80`, AVIF (speed 6), one thread of this process; "
         f"photos tiled from `{Path(args.corpus).name}`; {psutil.cpu_count()} cores, "
-        f"{platform.machine()}, Python {platform.python_version()}; date {date.today()}",
+        f"{platform.machine()}, Python {platform.python_version()}; load average at the start "
+        f"{load:.1f}; date {date.today()}",
         "",
         "| size | megapixels | peak RSS above idle (bytes/pixel) | seconds per MP | encodes |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -38,7 +38,9 @@ __all__ = [
     "build_suite",
     "export",
     "load_preset",
+    "memory_budget",
     "optimize",
+    "preset",
     "report",
     "score",
     "tune",
@@ -245,6 +247,8 @@ def tune(
     quality_range: str | dict[str, tuple[int, int]] | None = None,
     resize_search: bool = True,
     jobs: int = 1,
+    workers: int = 1,
+    heartbeat: int = 10,
     sharpen: bool = True,
     background: str | Sequence[int] | None = None,
     storage: str | None = None,
@@ -261,15 +265,18 @@ def tune(
     animated: AnimatedPolicy = "refuse",
     studies: PathLike = STUDIES,
     on_trial: Callable[[Evaluation], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     on_skip: Callable[[ImageError], None] | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """Find the smallest encoding recipe for the images of `folder` that meets a target.
 
     An Optuna study searches codec, quality, codec options, sharpening and (when resizing) the
-    resize filter; it is stored (`storage`, default ``sqlite:///studies/<name>.db``) so a rerun
-    resumes it. Writes the recipe as a preset, a trials table, and optionally the encoded set
-    and an HTML report.
+    resize filter; it is stored (`storage`, default the journal file
+    ``studies/<name>.journal``, or ``studies/<name>.db`` where an earlier imgtune made one) so
+    a rerun resumes it and other processes can add to it. Writes the recipe (the best feasible
+    trial of the whole study) as a preset, a trials table, and optionally the encoded set and
+    an HTML report.
 
     Parameters
     ----------
@@ -281,8 +288,10 @@ def tune(
     aggregate:
         How the set meets the target: ``min`` (every image), ``mean``, or ``pNN``.
     trials, timeout, seed:
-        Trials to add to the study, a time limit in seconds, and the sampler's seed (a study
-        repeats on the same machine with the same seed).
+        Trials to add to the study (finished ones: complete or pruned), a time limit in
+        seconds, and the sampler's seed (a study repeats on the same machine with the same
+        seed and one worker). A run that finds other workers running a shared study towards a
+        goal it has not reached joins that goal instead of adding `trials`.
     codecs:
         Codecs to search (default: every available one but JPEG XL). JPEG is left out, with a
         note, when the set has transparency and no `background` is given.
@@ -296,13 +305,22 @@ def tune(
     resize_search, sharpen:
         False: always Lanczos / no sharpening.
     jobs:
-        Trials run in parallel (threads).
+        Trials run in parallel (threads) in each process.
+    workers:
+        Processes adding trials to the one study (this one and ``workers - 1`` more); needs a
+        journal file or a database server as the storage, not SQLite.
+    heartbeat:
+        Seconds between the heartbeats of a running trial on a shared storage (journal file,
+        server); a trial whose worker has been silent for 3 heartbeats is failed and queued
+        again. Give every worker of a study the same value.
     background:
         Colour to flatten transparency onto (``"white"``, ``"#RRGGBB"``, ``(r, g, b)``), which
         allows JPEG for images with alpha.
     storage, study_name, new_study:
-        Optuna storage URL, study name (default: the folder's name and a hash of the target),
-        and whether to delete a stored study of that name first.
+        Where the study lives: an Optuna storage URL (``sqlite:///x.db``: one process;
+        ``postgresql+psycopg://user@host/db``: workers on many machines) or the path of a
+        journal file (workers on this machine); the study name (default: the folder's name and
+        a hash of the target); and whether to delete a stored study of that name first.
     preset_out, out, report:
         Where to write the preset (default ``studies/<name>.preset.json``), the encoded set
         (folder; sources untouched) and the HTML report (``"."``: ``studies/<name>.report.html``).
@@ -312,20 +330,23 @@ def tune(
         How the folder is read (links out of it, the decompression-bomb limit, animations).
     studies:
         The folder of studies, score caches, presets and reports.
-    on_trial, on_skip, on_note:
-        Called after each trial (`Evaluation`), for each image skipped, and with notes.
+    on_trial, on_progress, on_skip, on_note:
+        Called after each of this process's trials (`Evaluation`), with the whole study's
+        (finished trials, goal), for each image skipped, and with notes.
 
     Returns
     -------
     `TuneResult`: `.preset` (None if no recipe met the target), `.recipe`, `.total_bytes`,
     `.source_bytes`, `.study` (trials, encodes, the Optuna study), files written.
     """
+    import functools
+
     from .codecs import check_codecs, parse_colour, parse_quality_ranges
     from .files import atomic_write_text
     from .images import load_folder
     from .outdir import check_roots
     from .presets import build_preset
-    from .search import STRATEGIES, ImageSet, SearchSpace, run_study, study_name_for
+    from .search import STRATEGIES, ImageSet, ImageSetSpec, SearchSpace, run_study, study_name_for
 
     tgt = resolve_target(target, quality)
     check_aggregate(aggregate)
@@ -357,24 +378,40 @@ def tune(
         if not chosen:
             raise UsageError("no codec left to search: JPEG needs a background for transparency")
     studies = Path(studies)
-    # Scores persist per image set (not per target): a resumed or re-targeted run reuses them.
-    images = ImageSet(
-        sources, suite, max_width=max_width, max_height=max_height, background=bg,
-        cache_path=studies / f"{folder.resolve().name}.scores.sqlite",
+    # Scores persist per image set (not per target): a resumed or re-targeted run reuses them,
+    # and so do the --workers processes, which build the same set from this recipe.
+    recipe = ImageSetSpec(
+        tuple(str(s.path) for s in sources),
+        functools.partial(build_suite, target=tgt, weights=weights, device=device, compile=compile),
+        max_pixels=_limit(max_pixels), animated=animated,
+        options={
+            "max_width": max_width, "max_height": max_height, "background": bg,
+            "cache_path": studies / f"{folder.resolve().name}.scores.sqlite",
+        },
     )  # fmt: skip
+    images = ImageSet(sources, suite, **recipe.options)
     space = SearchSpace.default(
         chosen, resized=images.resized and resize_search, sharpen=sharpen,
         quality={c: b for c, b in bounds.items() if c in chosen},
     )  # fmt: skip
     name = study_name or study_name_for(folder, tgt, aggregate)
-    if storage is None:
+    spec, note = _study_storage(name, storage, studies)
+    if note:
+        notes.append(note)
+        if on_note:
+            on_note(note)
+    if spec.kind != "server":
         studies.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{studies / (name + '.db')}"
     study = run_study(
         images, tgt, space, trials=trials, timeout=timeout, seed=seed, strategy=strategy,
-        jobs=jobs, aggregate=aggregate, storage=storage, study_name=name, new_study=new_study,
-        on_trial=on_trial,
+        jobs=jobs, workers=workers, heartbeat=heartbeat, rebuild=recipe, aggregate=aggregate,
+        storage=spec, study_name=name, new_study=new_study, on_trial=on_trial,
+        on_progress=on_progress,
     )  # fmt: skip
+    for n in study.notes:
+        notes.append(n)
+        if on_note:
+            on_note(n)
     # Every study gets its trials table locally, whatever storage holds the study itself.
     csv_path = atomic_write_text(
         studies / f"{name}.trials.csv", study.study.trials_dataframe().to_csv(index=False)
@@ -671,26 +708,14 @@ def report(
     studies: PathLike = STUDIES,
     on_note: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write one self-contained HTML report of a stored study (a name in `studies/<name>.db`, or
-    the path of its .db file); with `images` (the tuned folder), per-image crops of the chosen
-    recipe where it differs most. Returns the report's path."""
-    import optuna
-
+    """Write one self-contained HTML report of a stored study (a name in `studies/`, kept in
+    ``<name>.journal`` or ``<name>.db``, or the path of such a file; any storage with
+    `storage`); with `images` (the tuned folder), per-image crops of the chosen recipe where it
+    differs most. Returns the report's path."""
     from .report import build_report, write_report
 
     studies = Path(studies)
-    path = Path(study)
-    name = path.stem if path.suffix == ".db" else study
-    if storage is None:
-        db = path if path.suffix == ".db" else studies / f"{name}.db"
-        if not db.is_file():
-            raise ImgtuneError(f"{db}: no such study database")
-        storage = f"sqlite:///{db}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        st = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise ImgtuneError(f"no study named {name!r} in {storage}") from None
+    name, st, _ = _load_stored_study(study, storage, studies)
     preset_path = studies / f"{name}.preset.json"
     preset = load_preset(preset_path) if preset_path.is_file() else None
     crops = None
@@ -718,3 +743,154 @@ def _crops_for(folder: Path, preset: Preset) -> list[dict]:
         sources, suite, max_width=max_w, max_height=max_h, background=preset.background
     )
     return report_images(images, preset.candidate)
+
+
+# ------------------------------------------------------------------------------ shared studies
+
+
+def _study_storage(name: str, storage: str | None, studies: Path):
+    """(StorageSpec, note) for `tune`'s study `name`: `storage` when given; else
+    ``studies/<name>.db`` where an earlier imgtune made that SQLite file (resumed there, and
+    said so), else the journal file ``studies/<name>.journal``."""
+    from .storage import JOURNAL_SUFFIX, StorageSpec
+
+    if storage is not None:
+        return StorageSpec.parse(storage), None
+    db = studies / f"{name}.db"
+    if db.is_file():
+        return StorageSpec("sqlite", f"sqlite:///{db}"), (
+            f"study '{name}' is kept in the SQLite file {db} (as imgtune kept studies before "
+            f"journal files): resumed there, one process at a time; new studies are journal "
+            f"files (studies/<name>{JOURNAL_SUFFIX}), which --workers and other processes share"
+        )
+    return StorageSpec("journal", str(studies / f"{name}{JOURNAL_SUFFIX}")), None
+
+
+def _load_stored_study(study: str, storage: str | None, studies: Path):
+    """(name, Optuna study, StorageSpec) for `report` and `preset`: `study` is a name in
+    `studies` (``<name>.db`` first, as `tune` resumes it, then ``<name>.journal``) or the path
+    of either file; with `storage`, a name in that storage."""
+    import optuna
+
+    from .storage import JOURNAL_SUFFIX, StorageSpec
+
+    path = Path(study)
+    name = path.stem if path.suffix in (".db", JOURNAL_SUFFIX) else study
+    if storage is None:
+        if path.suffix in (".db", JOURNAL_SUFFIX):
+            if not path.is_file():
+                raise ImgtuneError(f"{path}: no such study file")
+            found = path
+        else:
+            candidates = [studies / f"{name}.db", studies / f"{name}{JOURNAL_SUFFIX}"]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise ImgtuneError(
+                    f"no such study {name!r} in {studies}/ (neither {candidates[0].name} nor "
+                    f"{candidates[1].name}); give --storage for a study kept elsewhere"
+                )
+        storage = f"sqlite:///{found}" if found.suffix == ".db" else str(found)
+    spec = StorageSpec.parse(storage)
+    if spec.kind == "journal" and not Path(spec.location).is_file():
+        raise ImgtuneError(f"{spec.location}: no such journal file")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        st = optuna.load_study(study_name=name, storage=spec.open())
+    except KeyError:
+        raise ImgtuneError(f"no study named {name!r} in {spec.display}") from None
+    return name, st, spec
+
+
+def preset(
+    study: str,
+    *,
+    storage: str | None = None,
+    images: PathLike | None = None,
+    out: PathLike | None = None,
+    weights: PathLike | None = None,
+    device: str = "auto",
+    studies: PathLike = STUDIES,
+) -> Path:
+    """Write the preset of a stored study now, from its best feasible trial: what `tune` writes
+    at the end of a run, for a study other processes may still be adding to.
+
+    Without `images` the preset is built from the storage alone: the study records the set
+    (image hashes, output sizes, background, source bytes, JPEG q85 bytes) and each feasible
+    trial every image's bytes and scores. With `images` (the tuned folder) the recipe is
+    scored again on it, as `tune` does before writing (the folder must hold the study's
+    images); studies whose trials predate the stored scores need this. `study` is a name or a
+    study file, as for `report`. Returns the preset's path (default
+    ``studies/<name>.preset.json``). Raises `ImgtuneError` with exit code 3 when no trial met
+    the target.
+    """
+    from .outcome import ExitCode
+    from .presets import assemble_preset
+    from .recipe import Candidate
+
+    studies = Path(studies)
+    name, st, spec = _load_stored_study(study, storage, studies)
+    attrs = st.user_attrs
+    record, output = attrs.get("spec"), attrs.get("output")
+    if not isinstance(record, dict):
+        raise ImgtuneError(f"study {name!r} in {spec.display} was not made by imgtune tune")
+    if not isinstance(output, dict):
+        raise ImgtuneError(
+            f"study {name!r} was made by an earlier imgtune and does not record its output "
+            "sizes: run `imgtune tune` on it once (--trials 0 adds no trial), then this command"
+        )
+    try:
+        best = st.best_trial
+    except ValueError:
+        err = ImgtuneError(
+            f"no trial of study {name!r} met its target {record.get('target')}; no preset written"
+        )
+        err.exit_code = ExitCode.TARGET_MISSED
+        raise err from None
+    tgt = resolve_target(record["target"])
+    candidate = Candidate.from_dict(best.user_attrs["candidate"])
+    per_image = best.user_attrs.get("per_image")
+    fingerprint = record["images"]
+    if images is not None:
+        per_image = _rescore(
+            images, candidate, tgt, record, output, weights=weights, device=device,
+            studies=studies,
+        )  # fmt: skip
+    elif not isinstance(per_image, dict) or not per_image:
+        raise ImgtuneError(
+            f"trial {best.number} of study {name!r} does not record every image's scores (made "
+            "by an earlier imgtune): give --images FOLDER to score its recipe again"
+        )
+    made = assemble_preset(
+        candidate, per_image, tgt, aggregate=record["aggregate"],
+        max_size=output.get("max_size"), background=output.get("background"),
+        metrics=record["metrics"], images=fingerprint, source_bytes=output["source_bytes"],
+        study={"name": name, "storage": spec.display, "trials": len(st.trials)},
+        default_jpeg_bytes=output.get("default_jpeg_bytes"),
+    )  # fmt: skip
+    return made.save(Path(out) if out is not None else studies / f"{name}.preset.json")
+
+
+def _rescore(images, candidate, tgt, record, output, *, weights, device, studies) -> dict:
+    """Every image's bytes and scores for `candidate`, scored again on the folder `images`,
+    which must hold the study's images; the recipe must still meet the target."""
+    from .images import load_folder
+    from .search import ImageSet, evaluate
+
+    folder = _folder(images)
+    suite = build_suite(target=tgt, weights=weights, device=device)
+    if suite.describe() != record["metrics"]:
+        raise ImgtuneError(f"{folder}: these metrics are not the ones the study scored with")
+    sources, _ = load_folder(folder, min_side=suite.min_side)
+    box = output.get("box") or [None, None]
+    background = output.get("background")
+    image_set = ImageSet(
+        sources, suite, max_width=box[0], max_height=box[1],
+        background=tuple(background) if background else None,
+        cache_path=studies / f"{folder.resolve().name}.scores.sqlite",
+    )  # fmt: skip
+    if image_set.fingerprint() != record["images"]:
+        raise ImgtuneError(f"{folder}: not the images the study was tuned on (names or content)")
+    ev = evaluate(image_set, candidate, tgt, aggregate=record["aggregate"], stop_early=False)
+    if not ev.feasible:
+        raise ImgtuneError(f"{folder}: the study's best recipe no longer meets {tgt} here")
+    return ev.per_image

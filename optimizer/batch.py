@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -256,8 +257,11 @@ class _FolderRun:
         slot = _Slot(index, rel, item, stem=self.names[item], entry=self.manifest.lookup(rel))
         with suppress(OSError):  # unreadable (a broken link, a folder): `load` says why
             slot.sha = _sha256(item.read_bytes())
-        with suppress(Exception), Image.open(item) as im:  # the header only; `load` checks
-            slot.pixels = im.size[0] * im.size[1]
+        with suppress(Exception), warnings.catch_warnings():
+            # The header only: `load` applies the pixel limit and names what is wrong.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(item) as im:
+                slot.pixels = im.size[0] * im.size[1]
         entry = slot.entry
         if slot.sha and _up_to_date(
             entry, self.key, src_sha=slot.sha, out=self.out, stem=slot.stem, rel=rel

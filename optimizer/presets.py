@@ -33,6 +33,7 @@ __all__ = [
     "SCHEMA",
     "Preset",
     "PresetError",
+    "assemble_preset",
     "build_preset",
     "load_preset",
 ]
@@ -332,36 +333,71 @@ def build_preset(
     ev = result.best
     if ev is None or not ev.feasible:
         raise ValueError("no feasible recipe: a preset must not claim a target it does not meet")
+    return assemble_preset(
+        ev.candidate,
+        ev.per_image,
+        target,
+        aggregate=aggregate,
+        max_size=(
+            (max(it.size[0] for it in images.items), max(it.size[1] for it in images.items))
+            if images.resized
+            else None
+        ),
+        background=images.background,
+        metrics=images.suite.describe(),
+        images=images.fingerprint(),
+        source_bytes=images.source_bytes,
+        study={"name": result.study_name, "storage": result.storage, "trials": result.trials},
+        default_jpeg_bytes=default_jpeg_bytes,
+    )
+
+
+def assemble_preset(
+    candidate: Candidate,
+    per_image: dict[str, dict[str, float]],
+    target: Target,
+    *,
+    aggregate: str,
+    max_size: tuple[int, int] | list[int] | None,
+    background: tuple[int, int, int] | list[int] | None,
+    metrics: dict[str, Any],
+    images: list[dict[str, str]],
+    source_bytes: int,
+    study: dict[str, Any],
+    default_jpeg_bytes: int | None = None,
+) -> Preset:
+    """A preset from its parts: the recipe and every image's bytes and scores under it (from a
+    fresh evaluation, or as a study's trial recorded them), the set's box, background, metric
+    suite, fingerprint and source bytes, and where it came from. The caller has checked that
+    the recipe meets `target`."""
     quality = {}
     for metric in target.metrics:
-        vals = [v[metric] for v in ev.per_image.values()]
+        vals = [v[metric] for v in per_image.values()]
         worst = min(vals) if OUTPUTS[metric].higher_is_better else max(vals)
         quality[metric] = {"worst": worst, "mean": sum(vals) / len(vals)}
-    total = int(ev.total_bytes)
+    total = int(sum(v["bytes"] for v in per_image.values()))
     achieved: dict[str, Any] = {
         "quality": quality,
         "total_bytes": total,
-        "source_bytes": images.source_bytes,
-        "saved_bytes": images.source_bytes - total,
+        "source_bytes": source_bytes,
+        "saved_bytes": source_bytes - total,
         "per_image": {
             name: {k: (None if v == float("inf") else v) for k, v in vals.items()}
-            for name, vals in ev.per_image.items()
+            for name, vals in per_image.items()
         },
     }
     if default_jpeg_bytes is not None:
         achieved["default_jpeg_bytes"] = default_jpeg_bytes
     return Preset(
-        candidate=ev.candidate,
+        candidate=candidate,
         target=str(target),
         aggregate=aggregate,
-        max_size=(max(it.size[0] for it in images.items), max(it.size[1] for it in images.items))
-        if images.resized
-        else None,
-        background=tuple(images.background) if images.background else None,
-        pillow_save_kwargs=ev.candidate.settings().pillow_kwargs(),
-        metrics=images.suite.describe(),
+        max_size=(max_size[0], max_size[1]) if max_size else None,
+        background=(background[0], background[1], background[2]) if background else None,
+        pillow_save_kwargs=candidate.settings().pillow_kwargs(),
+        metrics=copy.deepcopy(metrics),
         achieved=achieved,
-        images=images.fingerprint(),
-        study={"name": result.study_name, "storage": result.storage, "trials": result.trials},
+        images=copy.deepcopy(images),
+        study=dict(study),
         versions=_versions(),
     )

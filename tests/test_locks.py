@@ -134,6 +134,8 @@ def test_two_tune_commands_on_one_new_study(tmp_path):
     trials = 8
     cmd = [sys.executable, "-m", "optimizer", "tune", str(src), "--strategy", "tpe", "--seed", "1"]
     cmd += ["--codecs", "webp,avif", "--device", "cpu", "--json"]
+    # An SQLite study (new studies default to a journal file, which takes many processes).
+    cmd += ["--storage", "sqlite:///studies/shared.db", "--study-name", "shared"]
     procs = [
         subprocess.Popen(
             [*cmd, "--trials", str(trials)],

@@ -81,7 +81,7 @@ def test_report_renders_in_chromium_without_errors_and_the_charts_draw(tuned, tm
 
 def test_report_command_from_the_study_with_crops(tuned):
     root, src, _ = tuned
-    name = next((root / "studies").glob("*.db")).stem
+    name = next((root / "studies").glob("*.journal")).stem
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     try:

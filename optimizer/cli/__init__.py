@@ -53,6 +53,7 @@ for fn in (
     folder.apply,
     folder.export,
     tune.report,
+    tune.preset,
 ):
     app.command(epilog=EXIT_CODES_HELP)(command(fn))
 

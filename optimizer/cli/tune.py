@@ -43,8 +43,11 @@ def tune(
     trials: Annotated[
         int,
         typer.Option(
-            help="Trials to run (added to a resumed study). A bisect trial scores ~4-5 "
-            "qualities of one recipe; tpe needs about 4x as many trials (benchmarks/RESULTS.md)."
+            help="Trials to add to the study (finished ones; a resumed study gets this many "
+            "more). With --workers or other processes on a shared --storage, every worker runs "
+            "trials until the study has them: a run that finds workers busy on a study joins "
+            "their goal. A bisect trial scores ~4-5 qualities of one recipe; tpe needs about 4x "
+            "as many trials (benchmarks/RESULTS.md)."
         ),
     ] = 20,
     timeout: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
@@ -82,14 +85,40 @@ def tune(
         ),
     ] = False,
     jobs: Annotated[
-        int, typer.Option(help="Trials run in parallel (threads; encoders and torch use them).")
+        int,
+        typer.Option(
+            help="Trials run in parallel in each process (threads; encoders and torch use them)."
+        ),
     ] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes adding trials to the one study (this one and N-1 more, the cores "
+            "shared among them); needs a journal file (the default for new studies) or a "
+            "database server, not an SQLite study. A worker that dies has its trial failed "
+            "and run again by the others."
+        ),
+    ] = 1,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            help="Seconds between a running trial's heartbeats on a journal file or server: a "
+            "trial whose worker is silent for 3 heartbeats is failed and queued again. Give "
+            "every worker of a study the same value."
+        ),
+    ] = 10,
     no_sharpen: Annotated[
         bool, typer.Option("--no-sharpen", help="Keep sharpening at 1.0.")
     ] = False,
     background: BackgroundOpt = None,
     storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (default sqlite:///studies/<name>.db).")
+        str | None,
+        typer.Option(
+            help="Where the study lives: a journal file's path (default studies/<name>.journal; "
+            "processes on this machine share it), a database URL for workers on many machines "
+            "(postgresql+psycopg://USER:PASSWORD@HOST/DB), or sqlite:///FILE.db (one process at "
+            "a time). An existing studies/<name>.db made by an earlier imgtune is resumed."
+        ),
     ] = None,
     study_name: Annotated[
         str | None,
@@ -126,8 +155,10 @@ def tune(
     """Find the smallest encoding recipe for a folder that still meets a quality target.
 
     Searches codec, quality, codec options, sharpening and (when resizing) the resize filter
-    with an Optuna study; every image of FOLDER must meet the target. Writes the recipe as a
-    preset, and with --out the encoded images.
+    with an Optuna study; every image of FOLDER must meet the target. Writes the recipe (the
+    best feasible trial of the whole study, whoever ran it) as a preset, and with --out the
+    encoded images. Several processes (--workers, or `imgtune tune` on several machines with
+    one --storage) can add trials to one study.
     """
     feasible = 0
     best_bytes: float | None = None
@@ -140,19 +171,28 @@ def tune(
             feasible += 1
             best_bytes = ev.total_bytes if best_bytes is None else min(best_bytes, ev.total_bytes)
         status = f"best {best_bytes / 1024:.1f} KiB" if best_bytes else "no feasible yet"
-        bar.update(task, advance=1, status=f"{status}, {feasible} feasible")
+        bar.update(task, status=f"{status}, {feasible} feasible here")
+
+    start: list[int] = []
+
+    def on_progress(finished: int, goal: int) -> None:
+        # The whole study's finished trials, every worker's: this run's share of the goal.
+        if not start:
+            start.append(min(finished, goal))
+        bar.update(task, total=max(1, goal - start[0]), completed=finished - start[0])
 
     with bar:
         r = api.tune(
             folder, target=target, quality=quality, aggregate=aggregate, trials=trials,
             timeout=timeout, seed=seed, codecs=codecs, max_width=max_width,
             max_height=max_height, strategy=strategy, quality_range=quality_range,
-            resize_search=not no_resize_search, jobs=jobs, sharpen=not no_sharpen,
+            resize_search=not no_resize_search, jobs=jobs, workers=workers,
+            heartbeat=heartbeat, sharpen=not no_sharpen,
             background=background, storage=storage, study_name=study_name,
             new_study=new_study, preset_out=preset_out, out=out_dir, weights=weights,
             device=device, compile=compile, report=report, follow_symlinks=follow_symlinks,
-            max_pixels=max_pixels, animated=animated, on_trial=on_trial,
-            on_skip=lambda e: warn("skipped", str(e)), on_note=lambda n: err.print(f"note: {n}"),
+            max_pixels=max_pixels, animated=animated, on_trial=on_trial, on_progress=on_progress,
+            on_skip=lambda e: warn("skipped", str(e)), on_note=lambda n: warn("note", n, "cyan"),
         )  # fmt: skip
     if r.preset is None:
         _print_infeasible(r, as_json)
@@ -191,6 +231,10 @@ def _summary(r: api.TuneResult) -> dict:
         "jpeg85_bytes": r.default_jpeg_bytes,
         "quality": r.preset.achieved["quality"],
         "trials": s.trials,
+        "finished": s.finished,
+        "goal": s.goal,
+        "failed": s.failed,
+        "workers": s.workers,
         "pruned": s.pruned,
         "infeasible": s.infeasible,
         "encodes": s.encodes,
@@ -270,7 +314,10 @@ def _print_summary(s: dict, n: int) -> None:
         )
     table.add_row(
         "trials",
-        f"{s['trials']} run, {s['pruned']} pruned early, {s['infeasible']} missed the target",
+        f"{s['trials']} in the study, {s['pruned']} pruned early, {s['infeasible']} missed the "
+        f"target"
+        + (f", {s['failed']} failed" if s["failed"] else "")
+        + (f" ({s['workers']} workers)" if s["workers"] > 1 else ""),
     )
     table.add_row("encodes", f"{s['encodes']} done, {s['cache_hits']} served from cache")
     table.add_row("time", f"{s['seconds']:.1f} s")
@@ -290,11 +337,15 @@ def report(
         str,
         typer.Argument(
             metavar="STUDY",
-            help="A study name (in studies/<name>.db) or the path of its .db file.",
+            help="A study name (studies/<name>.journal or studies/<name>.db) or the path of "
+            "such a file.",
         ),
     ],
     storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (default: the study's SQLite file).")
+        str | None,
+        typer.Option(
+            help="The study's storage, as given to tune (default: the study's file in studies/)."
+        ),
     ] = None,
     images: Annotated[
         Path | None,
@@ -312,3 +363,43 @@ def report(
         on_note=lambda n: err.print(f"note: {n}"),
     )  # fmt: skip
     err.print(f"report: {dest}")
+
+
+def preset(
+    study: Annotated[
+        str,
+        typer.Argument(
+            metavar="STUDY",
+            help="A study name (studies/<name>.journal or studies/<name>.db) or the path of "
+            "such a file; with --storage, a study name there.",
+        ),
+    ],
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="The study's storage, as given to tune: a journal file, a database URL "
+            "(postgresql+psycopg://...) or sqlite:///FILE (default: the study's file in studies/)."
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="The tuned folder: score the best recipe again on it before writing (needed "
+            "for studies whose trials were made by an imgtune that did not store every "
+            "image's scores). Without it the preset is built from the study alone."
+        ),
+    ] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Preset file (default studies/<name>.preset.json)."),
+    ] = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Write the preset of a stored study now: its best feasible trial, whichever worker ran it
+    (what tune writes at the end of its run), e.g. while workers on other machines still add
+    trials. Exits 3 when no trial met the target."""
+    dest = api.preset(
+        study, storage=storage, images=images, out=out_file, weights=weights, device=device
+    )
+    err.print(f"preset: {dest}")

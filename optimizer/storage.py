@@ -1,0 +1,271 @@
+"""Where a study is kept, and what keeps a study shared by many workers sound when one dies.
+
+Three kinds of storage (`StorageSpec.parse`):
+
+- an SQLite file (``sqlite:///studies/x.db``): one process at a time (`search` holds a run lock
+  beside it); `tune` made these before journal files, and they still open and resume;
+- a journal file (a path, ``studies/x.journal``): Optuna's `JournalStorage`, an append-only log
+  that several processes on one host write under an OS file lock (`flock`, released by the
+  kernel when its holder dies: a killed worker never leaves the file locked);
+- a database server (``postgresql+psycopg://user@host/db``, any SQLAlchemy URL Optuna takes):
+  workers on many machines.
+
+A worker that dies mid-trial (SIGKILL, a lost machine) would leave its trial RUNNING for ever.
+Shared storages therefore record a heartbeat per running trial (Optuna's own for servers; for
+journal files, which Optuna 5.0 gives none, `heartbeat_journal_storage` below): a trial whose
+worker has been silent for `GRACE_BEATS` heartbeats is failed by whichever worker looks next
+(before each trial, and while waiting for the last trials) and queued again
+(`RetryHeartbeatStaleTrialCallback`, at most `MAX_RETRY` times per trial).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ImgtuneError, UsageError
+
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "GRACE_BEATS",
+    "JOURNAL_SUFFIX",
+    "MAX_RETRY",
+    "StorageSpec",
+    "fail_orphans",
+    "fail_stale",
+]
+
+#: seconds between a running trial's heartbeats on a shared storage
+DEFAULT_HEARTBEAT = 10
+#: a trial whose worker has not beaten for this many heartbeats is failed (and retried)
+GRACE_BEATS = 3
+#: how often one trial is queued again after its worker died
+MAX_RETRY = 2
+JOURNAL_SUFFIX = ".journal"
+_BEAT = "imgtune:heartbeat"
+
+Kind = Literal["memory", "sqlite", "journal", "server"]
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Which storage a study lives in: `kind` and `location` (a URL, or the journal's path).
+    Plain strings, so a worker process receives it pickled and opens its own connection."""
+
+    kind: Kind
+    location: str
+
+    @classmethod
+    def parse(cls, storage: str | None) -> StorageSpec:
+        """`None`/``"memory"``: in memory; a URL: SQLite or a server; anything else: the path of
+        a journal file (``journal:PATH`` also reads as one)."""
+        if storage is None or storage == "memory":
+            return cls("memory", "memory")
+        if "://" in storage:
+            scheme = storage.split("://", 1)[0].lower()
+            return cls("sqlite" if scheme.startswith("sqlite") else "server", storage)
+        path = storage.removeprefix("journal:")
+        if Path(path).suffix.lower() in (".db", ".sqlite", ".sqlite3"):
+            raise UsageError(
+                f"--storage {storage}: an SQLite study is given as a URL (sqlite:///{path}); "
+                "a plain path names a journal file (studies/NAME.journal)"
+            )
+        if not path:
+            raise UsageError("--storage: empty path")
+        return cls("journal", path)
+
+    @property
+    def shared(self) -> bool:
+        """Several processes may add trials to it at once."""
+        return self.kind in ("journal", "server")
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file of an ``sqlite:///`` URL (None for other storages or `:memory:`)."""
+        if self.kind != "sqlite" or not self.location.startswith("sqlite:///"):
+            return None
+        path = self.location.removeprefix("sqlite:///").split("?")[0]
+        return path if path and path != ":memory:" else None
+
+    @property
+    def display(self) -> str:
+        """The location as written in messages, presets and summaries: a password in a URL is
+        replaced by ***."""
+        return re.sub(r"(://[^/@:]*:)[^@/]*@", r"\1***@", self.location)
+
+    def open(self, *, heartbeat: int | None = None) -> Any:
+        """An Optuna storage for this spec (a new connection: one per process). `heartbeat`
+        (seconds) turns on the dead-worker detection of shared storages."""
+        import optuna
+
+        if heartbeat is not None and heartbeat < 1:
+            raise UsageError(f"heartbeat must be at least 1 second, got {heartbeat}")
+        if self.kind == "memory":
+            return optuna.storages.InMemoryStorage()
+        if self.kind == "sqlite":
+            return self.location  # Optuna's default RDB storage, as tune always opened it
+        stale = _retry_callback() if heartbeat else None
+        if self.kind == "journal":
+            path = Path(self.location)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(
+                str(path), lock_obj=FlockJournalLock(str(path))
+            )
+            return heartbeat_journal_storage(
+                backend,
+                heartbeat_interval=heartbeat,
+                grace_period=GRACE_BEATS * heartbeat if heartbeat else None,
+                stale_trial_callback=stale,
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    self.location,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=heartbeat,
+                    grace_period=GRACE_BEATS * heartbeat if heartbeat else None,
+                    heartbeat_stale_trial_callback=stale,
+                )
+        except ImportError as exc:
+            raise ImgtuneError(
+                f"storage {self.display}: no database driver for it ({exc}); PostgreSQL needs "
+                "psycopg (installed with imgtune: postgresql+psycopg://...)"
+            ) from None
+        except Exception as exc:  # SQLAlchemy's errors: a refused connection, a bad URL
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ImgtuneError(f"storage {self.display}: cannot open it: {reason}") from None
+
+
+def _retry_callback():
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+class FlockJournalLock:
+    """The journal file's write lock as an OS file lock (`flock` on ``<journal>.lock``): the
+    kernel releases it when its holder exits, killed or not, so no worker ever waits for a dead
+    one (Optuna's own symlink and open-file locks are broken only after a 30 s grace)."""
+
+    def __init__(self, journal: str) -> None:
+        self._path = journal + ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self._path, flags, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+
+def _journal_storage_class():
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    class _HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
+        """Optuna's `JournalStorage` with the heartbeat Optuna gives only its RDB storage: each
+        running trial's worker appends ``imgtune:heartbeat`` (the host's clock: a journal file
+        is shared by processes of one host) every `heartbeat_interval` seconds; a RUNNING trial
+        whose last beat (or start) is older than `grace_period` is stale."""
+
+        def __init__(
+            self, backend, *, heartbeat_interval=None, grace_period=None, stale_trial_callback=None
+        ) -> None:
+            super().__init__(backend)
+            self.heartbeat_interval = heartbeat_interval
+            self.grace_period = grace_period
+            self.stale_trial_callback = stale_trial_callback
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            # The trial may have been failed by another worker meanwhile: nothing to record.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, KeyError):
+                self.set_trial_system_attr(trial_id, _BEAT, time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+            now = time.time()
+            stale = []
+            running = optuna.trial.TrialState.RUNNING
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(running,)):
+                beat = t.system_attrs.get(_BEAT)
+                if not isinstance(beat, int | float):
+                    start = t.datetime_start
+                    if start is None:
+                        continue
+                    beat = (start if start.tzinfo else start.replace(tzinfo=UTC)).timestamp()
+                if now - beat > grace:
+                    stale.append(t._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self.heartbeat_interval
+
+        def get_heartbeat_stale_trial_callback(self):
+            return self.stale_trial_callback
+
+    return _HeartbeatJournalStorage
+
+
+def heartbeat_journal_storage(backend, **kwargs):
+    """A `JournalStorage` with heartbeats (see `_journal_storage_class`); the class is made on
+    first use so that importing this module does not import Optuna."""
+    global _JOURNAL_CLASS
+    if _JOURNAL_CLASS is None:
+        _JOURNAL_CLASS = _journal_storage_class()
+    return _JOURNAL_CLASS(backend, **kwargs)
+
+
+_JOURNAL_CLASS = None
+
+
+def fail_stale(study) -> None:
+    """Fail (and queue again) the study's trials whose worker stopped beating; nothing for a
+    storage without heartbeats."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def fail_orphans(study) -> int:
+    """Fail, and queue again, every RUNNING trial of a study that no process can be running:
+    an SQLite study under its run lock, whose RUNNING trials were left by a killed run. Returns
+    how many."""
+    import optuna
+
+    retry = _retry_callback()
+    n = 0
+    running = optuna.trial.TrialState.RUNNING
+    for t in study.get_trials(deepcopy=False, states=(running,)):
+        try:
+            frozen = study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry(study, frozen)
+        n += 1
+    return n
