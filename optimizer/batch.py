@@ -18,6 +18,7 @@ intact, without decoding it, and replays the qualities the manifest records into
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 import warnings
 from collections import deque
@@ -255,13 +256,10 @@ class _FolderRun:
             return _Slot(index, rel, outcome=ImageOutcome(rel, Status.SKIPPED, error=str(item)))
         rel = item.relative_to(self.src_root).as_posix()
         slot = _Slot(index, rel, item, stem=self.names[item], entry=self.manifest.lookup(rel))
+        data = b""
         with suppress(OSError):  # unreadable (a broken link, a folder): `load` says why
-            slot.sha = _sha256(item.read_bytes())
-        with suppress(Exception), warnings.catch_warnings():
-            # The header only: `load` applies the pixel limit and names what is wrong.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(item) as im:
-                slot.pixels = im.size[0] * im.size[1]
+            data = item.read_bytes()
+            slot.sha = _sha256(data)
         entry = slot.entry
         if slot.sha and _up_to_date(
             entry, self.key, src_sha=slot.sha, out=self.out, stem=slot.stem, rel=rel
@@ -271,6 +269,12 @@ class _FolderRun:
             slot.outcome = o
             if entry["status"] == Status.WRITTEN:
                 self.found[index] = entry
+            return slot
+        with suppress(Exception), warnings.catch_warnings():
+            # Its size, from the header: `load` applies the pixel limit and names what is wrong.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                slot.pixels = im.size[0] * im.size[1]
         return slot
 
     def finish(self, slot: _Slot) -> ImageOutcome:
