@@ -38,7 +38,8 @@ from optimizer.codecs import available_codecs
 from optimizer.images import load_folder
 from optimizer.metrics import MetricSuite
 from optimizer.recipe import Candidate
-from optimizer.search import ImageSet, SearchSpace, evaluate, run_study
+from optimizer.search import ImageSet, SearchSpace, evaluate
+from optimizer.study import run_study
 from optimizer.targets import parse_target
 
 from ._results import write_section

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from .metrics.suite import MetricSuite
     from .recipe import Candidate
     from .scoring import PairResult, Problem, ScoreReport
-    from .search import Evaluation, ImageSet, SearchSpace, Strategy, StudyResult
+    from .search import Evaluation, ImageSet, SearchSpace, Strategy
+    from .study import StudyResult
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -346,7 +347,8 @@ def tune(
     from .images import load_folder
     from .outdir import check_roots
     from .presets import build_preset
-    from .search import STRATEGIES, ImageSet, ImageSetSpec, SearchSpace, run_study, study_name_for
+    from .search import STRATEGIES, ImageSet, SearchSpace
+    from .study import ImageSetSpec, run_study, study_name_for
 
     tgt = resolve_target(target, quality)
     check_aggregate(aggregate)

@@ -75,7 +75,7 @@ def _kind(v: Any) -> str:
 
 
 def _aggregate_ok(how: Any) -> bool:
-    """min, mean or pNN with 0 < NN < 100 (as `search.tune` takes it)."""
+    """min, mean or pNN with 0 < NN < 100 (as `study.run_study` takes it)."""
     if how in ("min", "mean"):
         return True
     return (
@@ -328,7 +328,7 @@ def _versions() -> dict[str, str]:
 def build_preset(
     result, images, target, *, aggregate: str, default_jpeg_bytes: int | None = None
 ) -> Preset:
-    """The preset for a feasible `search.StudyResult` (never for one that misses its target).
+    """The preset for a feasible `study.StudyResult` (never for one that misses its target).
     `default_jpeg_bytes`: what the images take as default JPEGs, recorded in `achieved`."""
     ev = result.best
     if ev is None or not ev.feasible:

@@ -2,7 +2,7 @@
 
 Three kinds of storage (`StorageSpec.parse`):
 
-- an SQLite file (``sqlite:///studies/x.db``): one process at a time (`search` holds a run lock
+- an SQLite file (``sqlite:///studies/x.db``): one process at a time (`study` holds a run lock
   beside it); `tune` made these before journal files, and they still open and resume;
 - a journal file (a path, ``studies/x.journal``): Optuna's `JournalStorage`, an append-only log
   that several processes on one host write under an OS file lock (`flock`, released by the

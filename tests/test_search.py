@@ -18,7 +18,8 @@ from optimizer.images import load
 from optimizer.metrics import MetricSuite
 from optimizer.outcome import ExitCode
 from optimizer.recipe import Candidate
-from optimizer.search import ImageSet, SearchSpace, StudyMismatchError, evaluate, run_study
+from optimizer.search import ImageSet, SearchSpace, evaluate
+from optimizer.study import StudyMismatchError, run_study
 from optimizer.targets import parse_target
 
 from .conftest import SAMPLES

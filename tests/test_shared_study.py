@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 from optimizer import api
 from optimizer.cli import app
 from optimizer.outcome import ExitCode
-from optimizer.search import ScoreCache, study_name_for
+from optimizer.search import ScoreCache
 from optimizer.storage import StorageSpec, fail_stale
+from optimizer.study import study_name_for
 from optimizer.targets import parse_target
 
 from . import _postgres
