@@ -657,17 +657,19 @@ def _run_folder(
     from .batch import run_folder
 
     src = _folder(src)
-    memory_budget(memory)  # a bad value is refused before any work, with or without a cluster
-    suite = build_suite(target=job.target, weights=weights, device=device, compile=compile)
+    budget = memory_budget(memory)  # a bad value is refused before any work
+    # One recipe: this process builds its suite from it (for the job's key), and so does each
+    # cluster worker (on its own device).
+    recipe = SuiteRecipe(
+        tuple(job.target.needed_metrics()),
+        weights=None if weights is None else str(weights),
+        device=device,
+        compile=compile,
+    )
+    suite = recipe.build()
     if cluster is not None:
         from .cluster import open_cluster
 
-        recipe = SuiteRecipe(
-            tuple(job.target.needed_metrics()),
-            weights=None if weights is None else str(weights),
-            device=device,
-            compile=compile,
-        )
         with open_cluster(cluster, recipe) as c:
             return run_folder(
                 src, Path(out), job, suite=suite, cluster=c, predictor=predictor, **kw
@@ -679,9 +681,8 @@ def _run_folder(
         # Threads share the cores: one torch thread each avoids oversubscribing them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
     return run_folder(
-        src, Path(out), job, suite=suite, jobs=jobs, predictor=predictor,
-        memory=memory_budget(memory), **kw,
-    )  # fmt: skip
+        src, Path(out), job, suite=suite, jobs=jobs, predictor=predictor, memory=budget, **kw
+    )
 
 
 # ------------------------------------------------------------------------- presets and studies

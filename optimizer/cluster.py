@@ -25,6 +25,8 @@ from .errors import UsageError
 __all__ = ["Cluster", "open_cluster", "remote_optimize"]
 
 _SUITES: dict[Any, Any] = {}
+#: finished tasks whose reruns are counted in one scheduler round trip
+RERUN_BATCH = 64
 
 
 def remote_optimize(path: Path, job, recipe, prediction, name: str, stem: str):
@@ -52,6 +54,7 @@ class Cluster:
         self.reruns = 0
         self._run = secrets.token_hex(4)
         self._ids = itertools.count()
+        self._held: list[Any] = []
 
     @property
     def window(self) -> int:
@@ -65,17 +68,29 @@ class Cluster:
         )
 
     def after(self, slot) -> None:
-        """Count the reruns of a finished image's task before its result is released."""
-        if slot.future is None:
-            return
-        counts = self.client.run_on_scheduler(_rerun_counts, keys=[slot.future.key])
-        self.reruns += counts.get(slot.future.key, 0)
+        """Keep a finished image's task until its reruns are counted: the scheduler forgets a
+        task once its future is released. Counted `RERUN_BATCH` at a time, one round trip for
+        all (a finished task holds only its output's bytes on its worker)."""
+        if slot.future is not None:
+            self._held.append(slot.future)
+            if len(self._held) >= RERUN_BATCH:
+                self._count_reruns()
+
+    def _count_reruns(self) -> None:
+        if self._held:
+            keys = [f.key for f in self._held]
+            self.reruns += sum(self.client.run_on_scheduler(_rerun_counts, keys=keys).values())
+            self._held.clear()
 
     def drive(self, run, items, drive: Callable[..., Any], *, on_result) -> Any:
-        summary = drive(
-            run, items, submit=self.submit, window=self.window, on_result=on_result,
-            after=self.after,
-        )  # fmt: skip
+        try:
+            summary = drive(
+                run, items, submit=self.submit, window=self.window, on_result=on_result,
+                after=self.after,
+            )  # fmt: skip
+            self._count_reruns()
+        finally:
+            self._held.clear()  # released whatever happened
         summary.retried = self.reruns
         return summary
 
