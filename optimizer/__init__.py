@@ -15,7 +15,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from . import cpus as _cpus
+
 __version__ = "0.1.0"
+
+# Before torch loads OpenMP: idle torch threads sleep rather than spin (see optimizer.cpus).
+_cpus.passive_wait()
 
 _LAZY = {
     "tune": ".api",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import cpus
 from .errors import ImgtuneError, UsageError
 from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, check_animated
 from .presets import Preset, load_preset
@@ -674,12 +675,11 @@ def _run_folder(
             return run_folder(
                 src, Path(out), job, suite=suite, cluster=c, predictor=predictor, **kw
             )
-    jobs = jobs or os.cpu_count() or 1
-    if jobs > 1:
-        import torch
+    jobs = jobs or cpus.available()
+    import torch
 
-        # Threads share the cores: one torch thread each avoids oversubscribing them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    # Jobs share the cores this process may use (affinity, cgroup quota), not the machine's.
+    torch.set_num_threads(cpus.threads_per_job(jobs))
     return run_folder(
         src, Path(out), job, suite=suite, jobs=jobs, predictor=predictor, memory=budget, **kw
     )

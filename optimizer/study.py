@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import cpus
 from .codecs import available_codecs
 from .errors import UsageError
 from .metrics.catalog import OUTPUTS
@@ -572,19 +573,18 @@ def run_study(
             images, target, space, strategy=strategy, aggregate=aggregate, goal=goal,
             on_trial=on_trial,
         )  # fmt: skip
-        pool = None
-        threads = None
-        if workers > 1:
-            import torch
+        import torch
 
-            threads = torch.get_num_threads()
-            share = max(1, (os.cpu_count() or 1) // workers)
+        pool = None
+        # Every trial thread of every process shares the cores this process may use.
+        threads, share = torch.get_num_threads(), cpus.threads_per_job(workers * jobs)
+        if workers > 1:
             args = _WorkerArgs(
                 0, rebuild, spec, heartbeat, study_name, target, space, strategy, aggregate,
                 attrs, goal, jobs, seed, n_startup, deadline, os.getpid(), share,
             )  # fmt: skip
             pool = _Workers(args, workers)
-            torch.set_num_threads(share)
+        torch.set_num_threads(share)
 
         def check() -> bool:
             if pool is not None:
@@ -602,10 +602,7 @@ def run_study(
                 pool.join(study, stopping=True)
             raise
         finally:
-            if threads is not None:
-                import torch
-
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
         if pool is not None:
             if interrupted:
                 pool.stop()
