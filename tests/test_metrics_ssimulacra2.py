@@ -115,9 +115,10 @@ def test_tiny_images_use_the_reference_running_weight_counter():
     prepared = m.prepare(r)
     assert len(prepared.scales) == 2
     k = _kernel("cpu", torch.float64)
-    lin = srgb_to_linear(d)
-    per_scale = [m._scale_values(linear_to_xyb(lin), prepared.scales[0], k)]
-    per_scale.append(m._scale_values(linear_to_xyb(downsample(lin)), prepared.scales[1], k))
+    first, lin = m._scale_values(d, True, prepared.scales[0], k, False)
+    assert torch.equal(lin, downsample(srgb_to_linear(d)))
+    assert torch.equal(prepared.scales[1], linear_to_xyb(downsample(srgb_to_linear(r))))
+    per_scale = [first, m._scale_values(lin, False, prepared.scales[1], k, True)[0]]
     values = torch.stack(per_scale, dim=1)[0]  # (scale, channel, 6)
     flat = values.permute(1, 0, 2).flatten()  # X: s0, s1; Y: s0, s1; B: s0, s1
     expected = _to_scale((flat.abs() * torch.tensor(WEIGHTS[:36]).double()).sum())
@@ -141,7 +142,7 @@ def test_batched_banded_and_one_at_a_time_agree():
     ref = read_rgb(sample_paths()[1])
     cands = [jpeg(ref, q) for q in (30, 60, 90)]
     whole = SSIMULACRA2("cpu")
-    banded = SSIMULACRA2("cpu", band_bytes=1)  # one row per band
+    banded = SSIMULACRA2("cpu", band_bytes=1)  # the smallest bands (MIN_BAND_ROWS rows)
     # float64: the banding is exact; float32: rounding differs by ~2e-3 points (measured).
     for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-2)):
         r = to_tensor(ref).to(dtype)

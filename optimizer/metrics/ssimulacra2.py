@@ -13,13 +13,18 @@ an SSIM-like error map and two edge-difference maps (ringing/blocking "artifact"
 lost"), each pooled by its mean and its 4-norm: 108 values, weighted, then mapped to 0..100.
 
 The reference's recursive Gaussian (sigma 1.5) equals a 9-tap separable filter with zero
-padding, so a convolution reproduces it. `prepare` keeps the reference's per-scale XYB planes,
-local means and variances and edge denominators; scoring computes only the candidate's side.
-Statistics are computed in horizontal bands so memory stays bounded whatever the image size.
+padding, so a convolution reproduces it.
+
+Memory: `prepare` keeps only the reference's per-scale XYB planes (16 bytes per pixel over all
+scales). Scoring converts the candidate band by band of rows and blurs each band's statistics,
+the reference's local means and variances with the candidate's, in one call: beyond its input
+it holds the next scale's linear RGB (4 bytes per pixel) and a band's working set
+(`band_bytes`, 256 MiB by default), whatever the image size (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +84,10 @@ WEIGHTS = (
     171.2667255897307, 0.9807858872435379,
     0.0, 0.0, 0.0, 0.0005130064588990679, 0.0, 0.00010854057858411537,
 )  # fmt: skip
-BAND_BYTES = 256 * 2**20
+#: a band's working set per candidate: small on the CPU, where a band that stays in cache scores
+#: faster (benchmarks/RESULTS.md), large on CUDA, where parallelism needs work
+BAND_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
+MIN_BAND_ROWS = 64
 #: backgrounds (sRGB-encoded grey) the reference tool composites alpha over; the lower score counts
 ALPHA_BACKGROUNDS = ((0.1, 0.1, 0.1), (0.9, 0.9, 0.9))
 
@@ -128,32 +136,39 @@ def _blur_band(band: torch.Tensor, k: torch.Tensor, top: int, bottom: int) -> to
     return blur(band, k, (RADIUS, RADIUS, RADIUS - top, RADIUS - bottom), exact=True)
 
 
-def _band_rows(n: int, w: int, band_bytes: int) -> int:
-    # ~30 float planes per candidate pixel live at once inside a band.
-    return max(1, band_bytes // (30 * 4 * max(n, 1) * max(w, 1)))
+def _chunks(h: int, w: int, band_bytes: int) -> list[tuple[int, int]]:
+    """The row bands of a plane h x w: even sizes (so each halves into the next scale's rows)
+    of at least the blur's radius, ~`band_bytes` of working set per candidate. They depend on
+    the size alone, so a reference and its candidates are cut, converted and blurred alike."""
+    # ~40 float planes per pixel live at once inside a band; at least MIN_BAND_ROWS rows (even),
+    # so the halo recomputed around each band stays a small share of it.
+    rows = max(MIN_BAND_ROWS, band_bytes // (40 * 4 * max(w, 1)) // 2 * 2)
+    return [(r, min(h, r + rows)) for r in range(0, h, rows)]
 
 
 def _band_sums(
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    mu1: torch.Tensor,
-    var1: torch.Tensor,
-    edge1: torch.Tensor,
-    k: torch.Tensor,
-    top: int,
-    bottom: int,
+    xb: torch.Tensor, yb: torch.Tensor, k: torch.Tensor, top: int, bottom: int
 ) -> torch.Tensor:
-    """One band of one scale: candidate rows `xb` and reference rows `yb` (with `top`/`bottom`
-    rows of blur context), the reference's prepared statistics for the band's own rows.
-    Returns (N, 3, 6) sums: [ssim, artifact, detail lost] then the same to the 4th power."""
-    stats = _blur_band(torch.cat([xb, xb * xb, xb * yb], dim=1), k, top, bottom)
-    mu2, s22, s12 = stats[:, :3], stats[:, 3:6], stats[:, 6:]
+    """One band of one scale: candidate rows `xb` (N, 3, rows, W) and reference rows `yb`
+    (1, 3, rows, W), in positive XYB, with `top`/`bottom` rows of blur context. Returns
+    (N, 3, 6) sums over the band's own rows: [ssim, artifact, detail lost] then the same to the
+    4th power. The reference's local statistics are blurred in the same call as the
+    candidate's: with an exact blur, identical images then give s12 == s22 == s11 and
+    mu1 == mu2 bit for bit, so d = 0 exactly (the 4-norm and the final mapping turn a 1e-7
+    residue into 0.1 point)."""
+    n = xb.shape[0]
+    y = yb.expand(n, -1, -1, -1)
+    stats = _blur_band(torch.cat([xb, xb * xb, xb * y, y, y * y], dim=1), k, top, bottom)
+    mu2, s22, s12, mu1, s11 = stats.split(3, dim=1)
     own = xb[:, :, top : xb.shape[2] - bottom]
+    own_ref = y[:, :, top : xb.shape[2] - bottom]
     if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and xb.requires_grad):
-        return _band_sums_inplace(mu2, s22, s12, own, mu1, var1, edge1)
+        return _band_sums_inplace(mu2, s22, s12, own, mu1, s11, own_ref)
+    var1 = s11 - mu1 * mu1
     num = (1 - (mu1 - mu2) ** 2) * (2 * (s12 - mu1 * mu2) + C2)
     den = var1 + (s22 - mu2 * mu2) + C2
     d = (1 - num / den).clamp_min(0)
+    edge1 = 1 + (own_ref - mu1).abs()
     e = (1 + (own - mu2).abs()) / edge1 - 1
     art, det = e.clamp_min(0), (-e).clamp_min(0)
     out = []
@@ -164,18 +179,18 @@ def _band_sums(
     return torch.stack(out, dim=2)
 
 
-def _band_sums_inplace(mu2, s22, s12, own, mu1, var1, edge1) -> torch.Tensor:
+def _band_sums_inplace(mu2, s22, s12, own, mu1, s11, own_ref) -> torch.Tensor:
     """`_band_sums` without autograd: the same arithmetic in place in the blurs' outputs, and
     4th-power sums as dot products, so no full-size temporary is allocated per operation:
     faster on the CPU (see benchmarks/RESULTS.md); equal numbers, tested."""
-    # Products rounded on their own (no fused multiply-add), exactly as `prepare` computes the
-    # reference's variance: identical images then give d = 0 exactly, which the 4-norm needs
-    # (a 1e-7 residue there is worth 0.2 points).
+    # Products rounded on their own (no fused multiply-add), as the differentiable path.
     tmp = torch.mul(mu2, mu2)
+    var1 = s11.sub_(torch.mul(mu1, mu1))
     den = s22.sub_(tmp).add_(var1).add_(C2)
     cs = s12.sub_(torch.mul(mu1, mu2, out=tmp)).mul_(2).add_(C2)
     d = torch.sub(mu1, mu2).square_().neg_().add_(1).mul_(cs).div_(den).neg_().add_(1)
     d = d.clamp_min_(0)
+    edge1 = mu1.neg_().add_(own_ref).abs_().add_(1)
     e = mu2.neg_().add_(own).abs_().add_(1).div_(edge1).sub_(1)
     art = e.clamp_min(0)
     det = e.neg_().clamp_min_(0)
@@ -188,18 +203,33 @@ def _band_sums_inplace(mu2, s22, s12, own, mu1, var1, edge1) -> torch.Tensor:
     return torch.stack(s1 + s4, dim=2)
 
 
-@dataclass
-class _Scale:
-    xyb: torch.Tensor  # (1, 3, h, w) reference in positive XYB
-    mu: torch.Tensor  # its blur
-    var: torch.Tensor  # blur(ref^2) - mu^2
-    edge: torch.Tensor  # 1 + |ref - mu|
+class _Rows:
+    """The converted rows of one scale, chunk by chunk, kept only while a band needs them."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[int, torch.Tensor]] = []
+        self.end = 0
+
+    def add(self, start: int, rows: torch.Tensor) -> None:
+        self.parts.append((start, rows))
+        self.end = start + rows.shape[2]
+
+    def get(self, a: int, b: int) -> torch.Tensor:
+        pieces = [
+            t[:, :, max(a, s) - s : min(b, s + t.shape[2]) - s]
+            for s, t in self.parts
+            if s < b and s + t.shape[2] > a
+        ]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+    def drop_below(self, row: int) -> None:
+        self.parts = [(s, t) for s, t in self.parts if s + t.shape[2] > row]
 
 
 @dataclass
 class _Prepared:
     size: tuple[int, int]
-    scales: list[_Scale]
+    scales: list[torch.Tensor]  # per scale, the reference (1, 3, h, w) in positive XYB
 
 
 def scale_count(height: int, width: int) -> int:
@@ -226,10 +256,10 @@ class SSIMULACRA2(Metric):
     alpha_backgrounds = ALPHA_BACKGROUNDS
 
     def __init__(
-        self, device="auto", *, band_bytes: int = BAND_BYTES, compile: bool = False
+        self, device="auto", *, band_bytes: int | None = None, compile: bool = False
     ) -> None:
         super().__init__(device)
-        self.band_bytes = band_bytes
+        self.band_bytes = band_bytes or BAND_BYTES.get(self.device.type, BAND_BYTES["cpu"])
         self._band_sums = compiled(_band_sums) if compile else _band_sums
 
     @staticmethod
@@ -238,57 +268,65 @@ class SSIMULACRA2(Metric):
         # (vector body vs scalar tail), and reference and candidate must be processed alike.
         return (x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x).contiguous()
 
+    def _convert(self, src: torch.Tensor, srgb: bool, last: bool) -> Iterator[tuple]:
+        """One scale of `src` (sRGB at the first scale, else linear RGB), chunk by chunk:
+        yields (first row, rows in positive XYB); with `last` False, also fills and finally
+        yields the next scale's linear RGB (2x2 box average of each chunk's rows)."""
+        n, c, h, w = src.shape
+        nxt = None if last else src.new_empty(n, c, (h + 1) // 2, (w + 1) // 2)
+        for r0, r1 in _chunks(h, w, self.band_bytes):
+            lin = src[:, :, r0:r1]
+            if srgb:
+                lin = srgb_to_linear(lin)
+            yield r0, linear_to_xyb(lin)
+            if nxt is not None:
+                nxt[:, :, r0 // 2 : (r1 + 1) // 2] = downsample(lin)
+        if nxt is not None:
+            yield -1, nxt
+
     def prepare(self, reference: torch.Tensor) -> _Prepared:
-        lin = srgb_to_linear(self._rgb(reference))
-        k = _kernel(lin.device, lin.dtype)
-        h, w = lin.shape[2:]
-        if not scale_count(h, w):
+        src = self._rgb(reference)
+        h, w = src.shape[2:]
+        count = scale_count(h, w)
+        if not count:
             raise ValueError(f"SSIMULACRA2 needs at least 8x8 pixels, got {w}x{h}")
         scales = []
-        for s in range(scale_count(h, w)):
-            if s:
-                lin = downsample(lin)
-            xyb = linear_to_xyb(lin)
-            mu = torch.empty_like(xyb)
-            var = torch.empty_like(xyb)
-            rows = _band_rows(1, xyb.shape[3], self.band_bytes)
-            for r0 in range(0, xyb.shape[2], rows):
-                r1 = min(xyb.shape[2], r0 + rows)
-                a, b = _halo(xyb.shape[2], r0, r1)
-                yb = xyb[:, :, a:b]
-                # The candidate's call shape (x, x^2, x*y): with an exact blur, identical
-                # images then give s12 == s22 == s11 bit for bit, so d = 0 exactly (the 4-norm
-                # and the final mapping turn a 1e-7 residue into 0.1 point).
-                sq = yb * yb
-                stats = _blur_band(torch.cat([yb, sq, sq], dim=1), k, r0 - a, b - r1)
-                m = stats[:, :3]
-                mu[:, :, r0:r1] = m
-                var[:, :, r0:r1] = stats[:, 3:6] - m * m
-            scales.append(_Scale(xyb=xyb, mu=mu, var=var, edge=1 + (xyb - mu).abs()))
+        for s in range(count):
+            xyb = src.new_empty(src.shape)
+            nxt = None
+            for r0, rows in self._convert(src, s == 0, s == count - 1):
+                if r0 < 0:
+                    nxt = rows
+                else:
+                    xyb[:, :, r0 : r0 + rows.shape[2]] = rows
+            scales.append(xyb)
+            src = nxt
         return _Prepared(size=(h, w), scales=scales)
 
-    def _scale_values(self, xyb: torch.Tensor, ref: _Scale, k: torch.Tensor) -> torch.Tensor:
-        """(N, 3, 6): per channel [ssim, artifact, detail lost] 1-norms then the same 4-norms."""
-        n, _, h, w = xyb.shape
-        sums = xyb.new_zeros(n, 3, 6, dtype=torch.float64)
-        rows = _band_rows(n, w, self.band_bytes)
+    def _scale_values(
+        self, src: torch.Tensor, srgb: bool, ref: torch.Tensor, k: torch.Tensor, last: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One scale: (N, 3, 6) per channel [ssim, artifact, detail lost] 1-norms then the same
+        4-norms, and the next scale's linear RGB (None at the last scale). The candidate's rows
+        are converted chunk by chunk as `prepare` converted the reference's, each band blurred
+        as soon as the rows below it (its halo) are converted."""
+        n, _, h, w = src.shape
+        sums = src.new_zeros(n, 3, 6, dtype=torch.float64)
         band_sums = self._band_sums
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
+        converted = self._convert(src, srgb, last)
+        rows, nxt = _Rows(), None
+        for r0, r1 in _chunks(h, w, self.band_bytes):
             a, b = _halo(h, r0, r1)
-            part = band_sums(
-                xyb[:, :, a:b],
-                ref.xyb[:, :, a:b],
-                ref.mu[:, :, r0:r1],
-                ref.var[:, :, r0:r1],
-                ref.edge[:, :, r0:r1],
-                k,
-                r0 - a,
-                b - r1,
-            )
+            while rows.end < b:
+                start, part = next(converted)
+                rows.add(start, part)
+            part = band_sums(rows.get(a, b), ref[:, :, a:b], k, r0 - a, b - r1)
             sums = sums + part.double()
+            rows.drop_below(r1 - RADIUS)
+        for start, part in converted:  # the next scale's rows, once the last chunk is done
+            nxt = part if start < 0 else nxt
         mean = sums / (h * w)
-        return torch.cat([mean[:, :, :3], mean[:, :, 3:].pow(0.25)], dim=2)
+        return torch.cat([mean[:, :, :3], mean[:, :, 3:].pow(0.25)], dim=2), nxt
 
     def score(self, candidates: torch.Tensor, prepared: _Prepared) -> dict[str, torch.Tensor]:
         if candidates.device.type == "cpu" and candidates.shape[0] > 1:
@@ -298,16 +336,16 @@ class SSIMULACRA2(Metric):
             # shape. (Batches do not pay on the CPU anyway; on CUDA every element runs alike.)
             parts = [self.score(c, prepared)["ssimulacra2"] for c in candidates.split(1)]
             return {"ssimulacra2": torch.cat(parts)}
-        lin = srgb_to_linear(self._rgb(candidates))
-        k = _kernel(lin.device, lin.dtype)
+        src = self._rgb(candidates)
+        k = _kernel(src.device, src.dtype)
         per_scale = []
+        count = len(prepared.scales)
         for s, ref in enumerate(prepared.scales):
-            if s:
-                lin = downsample(lin)
-            per_scale.append(self._scale_values(linear_to_xyb(lin), ref, k))
+            values, src = self._scale_values(src, s == 0, ref, k, s == count - 1)
+            per_scale.append(values)
         # (N, S, 3, 6) -> channel-major, then scale, then norm/map: the reference's order.
         values = torch.stack(per_scale, dim=1).transpose(1, 2).flatten(1)
-        weights = torch.tensor(WEIGHTS[: values.shape[1]], dtype=torch.float64, device=lin.device)
+        weights = torch.tensor(WEIGHTS[: values.shape[1]], dtype=torch.float64, device=k.device)
         raw = (values.abs() * weights).sum(dim=1)
         return {"ssimulacra2": _to_scale(raw).to(candidates.dtype)}
 

@@ -63,7 +63,12 @@ class PreparedReference:
     shape: tuple[int, int, int]
     backgrounds: tuple[tuple[float, float, float], ...] | None
     per_background: list[dict[str, Any]]
-    tensors: list[torch.Tensor]
+    #: the uint8 reference (the caller's array, not a copy) and the background it was judged
+    #: over, to prepare a colour version on demand; no float copy is kept (12 bytes a pixel)
+    reference: np.ndarray = field(repr=False)
+    background: tuple[int, int, int] | None = None
+    #: colour channels the metrics saw (1 grey, 3 colour)
+    colour: int = 3
     _colour: PreparedReference | None = field(default=None, repr=False)
 
 
@@ -107,7 +112,7 @@ def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
             f"pixels must be uint8 H x W x C with C in 1..4, got {pixels.dtype} {pixels.shape}"
         )
     t = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(device)
-    return t.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
+    return t.permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255.0)
 
 
 def _flatten_alpha(x: torch.Tensor, background: tuple[float, float, float] | None) -> torch.Tensor:
@@ -215,16 +220,28 @@ class MetricSuite:
     ) -> PreparedReference:
         """Prepare a uint8 H x W x C reference once; alpha is judged over black and white, or
         over `background` (0..255 RGB) alone when the output will be flattened onto it."""
+        return self._prepare(reference, background, grey_as_colour=False)
+
+    def _prepare(
+        self,
+        reference: np.ndarray,
+        background: tuple[int, int, int] | None,
+        *,
+        grey_as_colour: bool,
+    ) -> PreparedReference:
         ref = _to_tensor(reference, self.device)
         users = self._background_users(ref.shape[1], background)
         bgs = tuple(users) if ref.shape[1] in (2, 4) else None
-        tensors = [_flatten_alpha(ref, bg) for bg in users]
+        per_bg = []
+        colour = ref.shape[1] - (1 if ref.shape[1] in (2, 4) else 0)
         with torch.no_grad():
-            per_bg = [
-                {m.name: m.prepare(t) for m in self.metrics if m.name in names}
-                for t, names in zip(tensors, users.values(), strict=True)
-            ]
-        return PreparedReference(tuple(reference.shape), bgs, per_bg, tensors)
+            for bg, names in users.items():
+                t = _flatten_alpha(ref, bg)
+                if grey_as_colour:
+                    t, colour = t.expand(-1, 3, -1, -1).contiguous(), 3
+                per_bg.append({m.name: m.prepare(t) for m in self.metrics if m.name in names})
+                del t  # one float copy at a time
+        return PreparedReference(tuple(reference.shape), bgs, per_bg, reference, background, colour)
 
     def _background_users(
         self, channels: int, background: tuple[int, int, int] | None
@@ -246,11 +263,8 @@ class MetricSuite:
     def _colour_version(self, prepared: PreparedReference) -> PreparedReference:
         # A grey reference scored against a colour candidate: compare in RGB (grey repeated).
         if prepared._colour is None:
-            tensors = [t.expand(-1, 3, -1, -1).contiguous() for t in prepared.tensors]
-            with torch.no_grad():
-                per_bg = [{m.name: m.prepare(t) for m in self.metrics} for t in tensors]
-            prepared._colour = PreparedReference(
-                prepared.shape, prepared.backgrounds, per_bg, tensors
+            prepared._colour = self._prepare(
+                prepared.reference, prepared.background, grey_as_colour=True
             )
         return prepared._colour
 
@@ -271,8 +285,10 @@ class MetricSuite:
     def _score_batch(
         self, prepared: PreparedReference, batch: Sequence[np.ndarray]
     ) -> list[Scores]:
-        x = torch.cat([_to_tensor(c, self.device) for c in batch], dim=0)
-        ref_colour = prepared.tensors[0].shape[1]
+        parts = [_to_tensor(c, self.device) for c in batch]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        del parts
+        ref_colour = prepared.colour
         cand_colour = x.shape[1] - (1 if x.shape[1] in (2, 4) else 0)
         if cand_colour == 3 and ref_colour == 1:
             prepared = self._colour_version(prepared)
@@ -282,7 +298,7 @@ class MetricSuite:
                 prepared.backgrounds or (None,), prepared.per_background, strict=True
             ):
                 xb = _flatten_alpha(x, bg)
-                if xb.shape[1] == 1 and prepared.tensors[0].shape[1] == 3:
+                if xb.shape[1] == 1 and prepared.colour == 3:
                     xb = xb.expand(-1, 3, -1, -1)
                 for m in self.metrics:
                     if m.name not in state:  # this metric is not judged over this background
