@@ -6,9 +6,9 @@ similarity for image quality assessment", Asilomar 2003 (MS-SSIM, the five weigh
 Numbers must equal `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1)` and `pytorch_msssim.ms_ssim(data_range=1)`.
 
-Memory: the Gaussian statistics of the candidates are computed in horizontal bands sized so the
-working set stays under `band_bytes` (256 MiB by default) whatever the image size; what persists
-is the prepared reference (3 floats per pixel and channel per scale) and, for SSIM's worst-region
+Memory: the Gaussian statistics of the candidates are computed in horizontal bands sized so
+the working set stays under `band_bytes` (32 MiB by default on the CPU) whatever the image
+size; what persists is the prepared reference (3 floats per pixel and channel per scale) and, for SSIM's worst-region
 pooling, one float per pixel per candidate.
 """
 
@@ -32,7 +32,9 @@ C1, C2 = K1**2, K2**2  # data range 1
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: side of the square tiles over which SSIM's worst-region value (`ssim_p5`) is pooled
 TILE = 32
-BAND_BYTES = 256 * 2**20
+#: a band's working set: small on the CPU, where a band that stays in cache is faster (see
+#: benchmarks/RESULTS.md, "Implementation choices"), large on CUDA, where parallelism needs work
+BAND_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 
 
 def _window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -121,10 +123,10 @@ class _Banded(Metric):
     """SSIM and MS-SSIM: statistics in row bands of `band_bytes`; `compile` fuses each band."""
 
     def __init__(
-        self, device="auto", *, band_bytes: int = BAND_BYTES, compile: bool = False
+        self, device="auto", *, band_bytes: int | None = None, compile: bool = False
     ) -> None:
         super().__init__(device)
-        self.band_bytes = band_bytes
+        self.band_bytes = band_bytes or BAND_BYTES.get(self.device.type, BAND_BYTES["cpu"])
         self._band = compiled(_ssim_band) if compile else _ssim_band
 
 

@@ -19,7 +19,7 @@ Memory: `prepare` keeps only the reference's per-scale XYB planes (16 bytes per 
 scales). Scoring converts the candidate band by band of rows and blurs each band's statistics,
 the reference's local means and variances with the candidate's, in one call: beyond its input
 it holds the next scale's linear RGB (4 bytes per pixel) and a band's working set
-(`band_bytes`, 256 MiB by default), whatever the image size (benchmarks/RESULTS.md).
+(`band_bytes`, 32 MiB by default on the CPU), whatever the image size (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ WEIGHTS = (
     0.0, 0.0, 0.0, 0.0005130064588990679, 0.0, 0.00010854057858411537,
 )  # fmt: skip
 #: a band's working set per candidate: small on the CPU, where a band that stays in cache scores
-#: faster (benchmarks/RESULTS.md), large on CUDA, where parallelism needs work
+#: faster (benchmarks/RESULTS.md, "Implementation choices"), large on CUDA, where parallelism
+#: needs work
 BAND_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 MIN_BAND_ROWS = 64
 #: backgrounds (sRGB-encoded grey) the reference tool composites alpha over; the lower score counts
