@@ -12,10 +12,18 @@ Three kinds of storage (`StorageSpec.parse`):
 
 A worker that dies mid-trial (SIGKILL, a lost machine) would leave its trial RUNNING for ever.
 Shared storages therefore record a heartbeat per running trial (Optuna's own for servers; for
-journal files, which Optuna 5.0 gives none, `heartbeat_journal_storage` below): a trial whose
-worker has been silent for `GRACE_BEATS` heartbeats is failed by whichever worker looks next
-(before each trial, and while waiting for the last trials) and queued again
-(`RetryHeartbeatStaleTrialCallback`, at most `MAX_RETRY` times per trial).
+journal files, which Optuna 5.0 gives none, imgtune's): a trial whose worker has been silent
+for `GRACE_BEATS` heartbeats is failed by whichever worker looks next (before each trial, and
+while waiting for the last trials) and queued again (`requeue`, at most `MAX_RETRY` times per
+trial). A trial that never beat at all (its worker killed between creating it and its first
+beat: Optuna beats from a thread started after the trial is stored, and its RDB storage never
+fails a trial without a beat) is failed once a worker has watched it silent for as long
+(`_SilenceWatch`: this process's clock, so no two machines' clocks are compared).
+
+Optuna has no public interface for a storage's heartbeat: both storages here implement the
+protocol of `optuna.storages._heartbeat.BaseHeartbeat`, which `Study.optimize` and
+`optuna.storages.fail_stale_trials` use. `_heartbeat_base` is the one import of it, and
+tests/test_shared_study.py checks that protocol and that Optuna still calls it.
 """
 
 from __future__ import annotations
@@ -23,10 +31,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +48,7 @@ __all__ = [
     "StorageSpec",
     "fail_orphans",
     "fail_stale",
+    "requeue",
 ]
 
 #: seconds between a running trial's heartbeats on a shared storage
@@ -111,14 +120,15 @@ class StorageSpec:
             return optuna.storages.InMemoryStorage()
         if self.kind == "sqlite":
             return self.location  # Optuna's default RDB storage, as tune always opened it
-        stale = _retry_callback() if heartbeat else None
+        stale = requeue if heartbeat else None
+        journal_class, server_class = _storage_classes()
         if self.kind == "journal":
             path = Path(self.location)
             path.parent.mkdir(parents=True, exist_ok=True)
             backend = optuna.storages.journal.JournalFileBackend(
                 str(path), lock_obj=FlockJournalLock(str(path))
             )
-            return heartbeat_journal_storage(
+            return journal_class(
                 backend,
                 heartbeat_interval=heartbeat,
                 grace_period=GRACE_BEATS * heartbeat if heartbeat else None,
@@ -127,7 +137,7 @@ class StorageSpec:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                return server_class(
                     self.location,
                     engine_kwargs={"pool_pre_ping": True},
                     heartbeat_interval=heartbeat,
@@ -144,12 +154,22 @@ class StorageSpec:
             raise ImgtuneError(f"storage {self.display}: cannot open it: {reason}") from None
 
 
-def _retry_callback():
+def requeue(study, trial) -> None:
+    """Queue a failed trial of a dead worker to run again (at most `MAX_RETRY` times): Optuna's
+    `RetryHeartbeatStaleTrialCallback` (``failed_trial``, ``retry_history``), given a copy of
+    the trial without what its run recorded. Optuna's copies every attribute, and the copy
+    would start with the dead worker's last heartbeat (stale at once, failed again before its
+    first beat) and its ``worker`` (failed again if that worker's death is noticed late)."""
+    import copy
+
     import optuna
 
+    clean = copy.deepcopy(trial)
+    clean.user_attrs = {}
+    clean.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != _BEAT}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, clean)
 
 
 class FlockJournalLock:
@@ -180,15 +200,56 @@ class FlockJournalLock:
             os.close(fd)  # closing the descriptor releases the flock
 
 
-def _journal_storage_class():
-    import optuna
+def _heartbeat_base() -> type:
+    """Optuna's heartbeat protocol, `optuna.storages._heartbeat.BaseHeartbeat` (a private module:
+    Optuna exports no public base for it, and gives only its RDB storage a heartbeat).
+    `Study.optimize` beats through a storage that is an instance of it, and
+    `fail_stale_trials` asks it `_get_stale_trial_ids`; tests/test_shared_study.py
+    (test_optuna_heartbeat_protocol_is_the_one_imgtune_implements) fails if that changes."""
     from optuna.storages._heartbeat import BaseHeartbeat
 
-    class _HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
+    return BaseHeartbeat
+
+
+class _SilenceWatch:
+    """When this process first saw each RUNNING trial that has no heartbeat at all. Its worker
+    beats within moments of creating it, so one silent for a whole grace period is dead.
+    Measured on this process's clock: no other machine's clock is trusted."""
+
+    def __init__(self) -> None:
+        self._since: dict[int, float] = {}
+        self._lock = threading.Lock()  # --jobs threads share a storage
+
+    def overdue(self, silent: list[int], grace: float) -> list[int]:
+        now = time.monotonic()
+        with self._lock:
+            self._since = {i: self._since.get(i, now) for i in silent}
+            return [i for i, seen in self._since.items() if now - seen > grace]
+
+
+def _grace(storage) -> float:
+    return storage.grace_period or 2 * (storage.heartbeat_interval or 0)
+
+
+# A server's RUNNING trials without a row in Optuna's heartbeat table (its schema since
+# Optuna 2.9; RDBStorage has no public query for it; tests check it against a real server).
+_UNBEATEN_SQL = """
+SELECT t.trial_id FROM trials t
+WHERE t.study_id = :study_id AND t.state = 'RUNNING'
+  AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)
+"""
+
+
+def _make_storage_classes() -> tuple[type, type]:
+    import optuna
+    import sqlalchemy
+
+    class HeartbeatJournalStorage(optuna.storages.JournalStorage, _heartbeat_base()):
         """Optuna's `JournalStorage` with the heartbeat Optuna gives only its RDB storage: each
         running trial's worker appends ``imgtune:heartbeat`` (the host's clock: a journal file
         is shared by processes of one host) every `heartbeat_interval` seconds; a RUNNING trial
-        whose last beat (or start) is older than `grace_period` is stale."""
+        whose last beat is older than `grace_period`, or that never beat while this process
+        watched it for as long, is stale."""
 
         def __init__(
             self, backend, *, heartbeat_interval=None, grace_period=None, stale_trial_callback=None
@@ -197,27 +258,34 @@ def _journal_storage_class():
             self.heartbeat_interval = heartbeat_interval
             self.grace_period = grace_period
             self.stale_trial_callback = stale_trial_callback
+            self._silence = _SilenceWatch()
 
         def record_heartbeat(self, trial_id: int) -> None:
             # The trial may have been failed by another worker meanwhile: nothing to record.
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, KeyError):
                 self.set_trial_system_attr(trial_id, _BEAT, time.time())
 
-        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-            now = time.time()
-            stale = []
+        def unbeaten_trial_ids(self, study_id: int) -> list[int]:
+            """The study's RUNNING trials that have never beaten."""
             running = optuna.trial.TrialState.RUNNING
+            return [
+                self.get_trial_id_from_study_id_trial_number(study_id, t.number)
+                for t in self.get_all_trials(study_id, deepcopy=False, states=(running,))
+                if not isinstance(t.system_attrs.get(_BEAT), int | float)
+            ]
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            grace, now = _grace(self), time.time()
+            running = optuna.trial.TrialState.RUNNING
+            stale, silent = [], []
             for t in self.get_all_trials(study_id, deepcopy=False, states=(running,)):
                 beat = t.system_attrs.get(_BEAT)
+                trial_id = self.get_trial_id_from_study_id_trial_number(study_id, t.number)
                 if not isinstance(beat, int | float):
-                    start = t.datetime_start
-                    if start is None:
-                        continue
-                    beat = (start if start.tzinfo else start.replace(tzinfo=UTC)).timestamp()
-                if now - beat > grace:
-                    stale.append(t._trial_id)
-            return stale
+                    silent.append(trial_id)
+                elif now - beat > grace:
+                    stale.append(trial_id)
+            return stale + self._silence.overdue(silent, grace)
 
         def get_heartbeat_interval(self) -> int | None:
             return self.heartbeat_interval
@@ -225,19 +293,39 @@ def _journal_storage_class():
         def get_heartbeat_stale_trial_callback(self):
             return self.stale_trial_callback
 
-    return _HeartbeatJournalStorage
+    class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+        """Optuna's `RDBStorage`, whose heartbeat skips a RUNNING trial that never beat (its
+        worker killed before the first beat: it would stay RUNNING for ever, and every other
+        worker wait for it); such a trial is stale here once this process has watched it
+        silent for the grace period."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._silence = _SilenceWatch()
+
+        def unbeaten_trial_ids(self, study_id: int) -> list[int]:
+            """The study's RUNNING trials that have never beaten."""
+            with self.engine.connect() as con:
+                rows = con.execute(sqlalchemy.text(_UNBEATEN_SQL), {"study_id": study_id})
+                return [int(r[0]) for r in rows]
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            stale = super()._get_stale_trial_ids(study_id)
+            return stale + self._silence.overdue(self.unbeaten_trial_ids(study_id), _grace(self))
+
+    return HeartbeatJournalStorage, HeartbeatRDBStorage
 
 
-def heartbeat_journal_storage(backend, **kwargs):
-    """A `JournalStorage` with heartbeats (see `_journal_storage_class`); the class is made on
-    first use so that importing this module does not import Optuna."""
-    global _JOURNAL_CLASS
-    if _JOURNAL_CLASS is None:
-        _JOURNAL_CLASS = _journal_storage_class()
-    return _JOURNAL_CLASS(backend, **kwargs)
+def _storage_classes() -> tuple[type, type]:
+    """(journal, server) storage classes with heartbeats; made on first use so that importing
+    this module does not import Optuna."""
+    global _CLASSES
+    if _CLASSES is None:
+        _CLASSES = _make_storage_classes()
+    return _CLASSES
 
 
-_JOURNAL_CLASS = None
+_CLASSES: tuple[type, type] | None = None
 
 
 def fail_stale(study) -> None:
@@ -256,7 +344,6 @@ def fail_orphans(study) -> int:
     how many."""
     import optuna
 
-    retry = _retry_callback()
     n = 0
     running = optuna.trial.TrialState.RUNNING
     for t in study.get_trials(deepcopy=False, states=(running,)):
@@ -264,8 +351,6 @@ def fail_orphans(study) -> int:
             frozen = study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry(study, frozen)
+        requeue(study, frozen)
         n += 1
     return n

@@ -412,10 +412,9 @@ def _fail_trials_of(study, worker: str) -> int:
     """Fail, and queue again, the RUNNING trials that `worker` (host:pid) started."""
     import optuna
 
-    from .storage import _retry_callback
+    from .storage import requeue
 
     n = 0
-    retry = _retry_callback()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.user_attrs.get("worker") != worker:
             continue
@@ -423,7 +422,7 @@ def _fail_trials_of(study, worker: str) -> int:
             frozen = study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # finished or failed meanwhile
-        retry(study, frozen)
+        requeue(study, frozen)
         n += 1
     return n
 

@@ -1,7 +1,8 @@
 """Studies shared by many workers: `imgtune tune` processes on one PostgreSQL study (one of them
-SIGKILLed mid-trial), `--workers N` on a journal file, an old SQLite study that still resumes,
-`imgtune preset` from storage, the score cache under several writers, and the PostgreSQL
-fixture's skip-or-fail decision."""
+SIGKILLed mid-trial), `--workers N` on a journal file, a trial whose worker died before its first
+heartbeat, the Optuna heartbeat protocol imgtune implements, an old SQLite study that still
+resumes, `imgtune preset` from storage, the score cache under several writers, and the
+PostgreSQL fixture's skip-or-fail decision."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from optimizer import api
+from optimizer import storage as storage_module
 from optimizer.cli import app
 from optimizer.outcome import ExitCode
 from optimizer.search import ScoreCache
@@ -317,6 +319,95 @@ def test_journal_heartbeat_fails_and_requeues_a_dead_workers_trial(tmp_path):
     assert trials[alive.number].state == S.FAIL
     assert [t.state for t in trials[1:]] == [S.WAITING]  # queued to run again
     assert trials[1].system_attrs["failed_trial"] == alive.number
+    # ... as a clean copy: not the dead worker's heartbeat (stale at once, failed again before
+    # its new worker's first beat) nor what its run recorded (its worker among them)
+    assert "imgtune:heartbeat" in trials[0].system_attrs
+    assert "imgtune:heartbeat" not in trials[1].system_attrs and not trials[1].user_attrs
+
+
+def _stores(kind: str, tmp_path: Path, request) -> tuple[str, dict]:
+    """(study name, api.tune keywords) for a study on a journal file or on PostgreSQL."""
+    if kind == "journal":
+        return "s", {"studies": tmp_path / "studies", "study_name": "s"}
+    name = f"s-{uuid.uuid4().hex[:8]}"
+    url = request.getfixturevalue("postgres_url")
+    return name, {"storage": url, "study_name": name, "studies": tmp_path / "studies"}
+
+
+@pytest.fixture
+def far_east(monkeypatch):
+    """This process in UTC+9: a naive local time taken for UTC is 9 hours in the future."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with")
+@pytest.mark.parametrize("kind", ["journal", "postgres"])
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_run_again(
+    small, tmp_path, request, kind, far_east
+):
+    """Optuna stores a trial, then beats from a thread: a worker killed in between leaves a
+    RUNNING trial without a heartbeat, which Optuna's RDB storage never fails (and a journal
+    study judged by the trial's start, read in the wrong time zone). Every other worker would
+    wait for it for ever; it must be failed, run again, and the run end with its trials."""
+    name, where = _stores(kind, tmp_path, request)
+    kw = {"target": TARGET, "device": "cpu", "codecs": "webp", "seed": 0, **where}
+    api.tune(small, trials=2, heartbeat=1, **kw)
+    spec = StorageSpec.parse(where.get("storage") or str(tmp_path / "studies" / "s.journal"))
+    orphan = optuna.load_study(study_name=name, storage=spec.open()).ask()  # never beats
+    t0 = time.monotonic()
+    r = api.tune(small, trials=2, heartbeat=1, timeout=40, **kw)
+    took = time.monotonic() - t0
+    print(f"{kind}: a trial that never beat, failed and run again: {took:.1f} s")
+    study = optuna.load_study(study_name=name, storage=spec.open())
+    assert not r.study.interrupted and took < 40
+    assert r.study.goal == 4 and len(_finished(study)) == 4  # the trials asked for
+    assert not study.get_trials(states=(S.RUNNING, S.WAITING))  # nothing left running
+    assert study.trials[orphan.number].state == S.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert [t.state for t in retried] in ([S.COMPLETE], [S.PRUNED])
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_optuna_heartbeat_protocol_is_the_one_imgtune_implements(tmp_path):
+    """The journal heartbeat rests on Optuna's private `BaseHeartbeat` (Optuna 5.0 exports no
+    public one): if Optuna renames or changes it, or stops beating through it, this fails."""
+    base = storage_module._heartbeat_base()
+    assert base.__abstractmethods__ == {
+        "record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval",
+        "get_heartbeat_stale_trial_callback",
+    }  # fmt: skip
+    journal_class, server_class = storage_module._storage_classes()
+    assert issubclass(journal_class, base) and issubclass(server_class, base)
+    assert issubclass(server_class, optuna.storages.RDBStorage)
+    backend = StorageSpec.parse(str(tmp_path / "p.journal")).open(heartbeat=1)
+    assert isinstance(backend, journal_class)
+    study = optuna.create_study(study_name="p", storage=backend)
+    study.optimize(lambda trial: time.sleep(1.2) or 1.0, n_trials=1)  # Optuna beats through it
+    assert isinstance(study.trials[0].system_attrs.get("imgtune:heartbeat"), float)
+    seen = []
+    backend._get_stale_trial_ids = lambda study_id: seen.append(study_id) or []
+    optuna.storages.fail_stale_trials(study)  # ... and asks it for stale trials
+    assert seen == [backend.get_study_id_from_name("p")]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with")
+def test_the_server_heartbeat_table_is_where_imgtune_reads_it(postgres_url):  # noqa: F811
+    """A server study's trials without a heartbeat are found in Optuna's table of heartbeats
+    (no public query for it): a beaten trial is not listed, a silent one is."""
+    name = f"beats-{uuid.uuid4().hex[:8]}"
+    server = StorageSpec.parse(postgres_url).open(heartbeat=1)
+    study = optuna.create_study(study_name=name, storage=server)
+    study_id = server.get_study_id_from_name(name)
+    beaten, silent, done = study.ask(), study.ask(), study.ask()
+    study.tell(done, 1.0)
+    ids = [server.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in
+           (beaten, silent)]  # fmt: skip
+    server.record_heartbeat(ids[0])
+    assert server.unbeaten_trial_ids(study_id) == [ids[1]]
 
 
 def test_storage_spec_parsing_and_hidden_passwords():
