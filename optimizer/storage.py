@@ -46,6 +46,7 @@ __all__ = [
     "JOURNAL_SUFFIX",
     "MAX_RETRY",
     "StorageSpec",
+    "busy_trials",
     "fail_orphans",
     "fail_stale",
     "requeue",
@@ -336,6 +337,38 @@ def fail_stale(study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def busy_trials(backend, study_name: str) -> list:
+    """The RUNNING trials of a stored study whose workers are alive, as far as heartbeats tell
+    (`backend`: a `StorageSpec.open` storage with heartbeats): trials of dead workers are failed
+    first (and queued again); a trial that never beat is watched until it does or is failed
+    (a grace period at most: such trials are rare, left by a worker killed as it began one).
+    [] when there is no such study."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=backend)
+        study_id = backend.get_study_id_from_name(study_name)
+    except KeyError:
+        return []
+    running = (optuna.trial.TrialState.RUNNING,)
+    unbeaten = getattr(backend, "unbeaten_trial_ids", None)
+    interval = backend.heartbeat_interval or 1
+    until = time.monotonic() + _grace(backend) + 2 * interval
+    while True:
+        fail_stale(study)
+        trials = study.get_trials(deepcopy=False, states=running)
+        if not trials or unbeaten is None or time.monotonic() > until:
+            return trials
+        silent = set(unbeaten(study_id))
+        ids = {
+            t.number: backend.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            for t in trials
+        }
+        if any(ids[t.number] not in silent for t in trials):  # beating: alive
+            return [t for t in trials if ids[t.number] not in silent]
+        time.sleep(min(1.0, interval))
 
 
 def fail_orphans(study) -> int:

@@ -11,7 +11,9 @@ One study, many workers: a run aims for a number of finished trials (`_run_goal`
 worker, `--workers` processes (`_Workers`, spawned) and other `tune` runs on a shared storage
 alike, runs trials until the study holds that many (`_work`); each trial records who runs it,
 and, when feasible, every image's bytes and scores, so a preset can be written from the study
-alone. Dead workers' trials are failed and queued again (`storage`).
+alone. Dead workers' trials are failed and queued again (`storage`). `--new-study` deletes a
+study only when no worker is running trials of it (`_start_over`); a worker whose study is
+deleted all the same stops with `StudyGoneError`, not a traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from . import cpus
 from .codecs import available_codecs
-from .errors import UsageError
+from .errors import ImgtuneError, UsageError
 from .metrics.catalog import OUTPUTS
 from .recipe import Candidate
 from .search import (
@@ -43,11 +45,51 @@ from .search import (
 )
 from .targets import Target, check_aggregate
 
-__all__ = ["ImageSetSpec", "StudyMismatchError", "StudyResult", "run_study", "study_name_for"]
+__all__ = [
+    "ImageSetSpec",
+    "StudyGoneError",
+    "StudyInUseError",
+    "StudyMismatchError",
+    "StudyResult",
+    "run_study",
+    "study_name_for",
+]
 
 
 class StudyMismatchError(UsageError):
     """The stored study was made for another image set, target or search space."""
+
+
+class StudyInUseError(ImgtuneError):
+    """`--new-study` on a study whose trials other workers are running."""
+
+
+class StudyGoneError(ImgtuneError):
+    """The study was deleted (by `--new-study` elsewhere) while this process worked on it."""
+
+
+class _Kept:
+    """Within it, anything that fails because `study` was deleted under this process (Optuna
+    raises KeyError, or worse, from wherever it noticed) becomes one `StudyGoneError` line.
+    `study` may be set once it is open."""
+
+    def __init__(self, name: str, where: str, study: Any = None) -> None:
+        self.name, self.where, self.study = name, where, study
+
+    def __enter__(self) -> _Kept:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if not isinstance(exc, Exception) or self.study is None:
+            return False
+        try:
+            self.study.user_attrs  # noqa: B018 - KeyError once the study is gone
+        except KeyError:
+            raise StudyGoneError(
+                f"study '{self.name}' in {self.where} was deleted while this process ran trials "
+                "of it (imgtune tune --new-study elsewhere?); its results here are lost"
+            ) from None
+        return False
 
 
 @dataclass
@@ -313,8 +355,6 @@ def _worker_main(args: _WorkerArgs) -> None:
 
     import optuna
 
-    from .errors import ImgtuneError
-
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         _hide_surplus_logs()
@@ -337,10 +377,11 @@ def _worker_main(args: _WorkerArgs) -> None:
             images, args.target, args.space, strategy=args.strategy,
             aggregate=args.aggregate, goal=args.goal,
         )  # fmt: skip
-        interrupted = _work(
-            study, objective, goal=args.goal, jobs=args.jobs, deadline=args.deadline,
-            check=lambda: os.getppid() == args.parent,
-        )  # fmt: skip
+        with _Kept(args.study_name, args.storage.display, study):
+            interrupted = _work(
+                study, objective, goal=args.goal, jobs=args.jobs, deadline=args.deadline,
+                check=lambda: os.getppid() == args.parent,
+            )  # fmt: skip
     except ImgtuneError as exc:
         print(f"imgtune worker {args.index}: error: {exc}", file=sys.stderr)
         sys.exit(int(exc.exit_code))
@@ -548,12 +589,11 @@ def run_study(
     notes: list[str] = []
     # SQLite takes one writer process: a second `tune` on the same file would race Optuna's
     # schema creation and lose trials. It is refused with who holds it (threads: --jobs).
-    with _study_lock(spec, study_name):
+    with _study_lock(spec, study_name), _Kept(study_name, spec.display) as kept:
         backend = spec.open(heartbeat=heartbeat if spec.shared else None)
         if new_study:
-            with contextlib.suppress(KeyError):
-                optuna.delete_study(study_name=study_name, storage=backend)
-        study = _open_study(
+            _start_over(backend, study_name, spec)
+        study = kept.study = _open_study(
             backend, study_name, _sampler(seed, n_startup), attrs, output, where=spec.display
         )
         if spec.kind == "sqlite":
@@ -616,6 +656,29 @@ def run_study(
         result.workers = workers
         result.notes = notes
         return result
+
+
+def _start_over(backend, name: str, spec) -> None:
+    """Delete the stored study `name` (`--new-study`), unless workers are running trials of it:
+    deleted under them, they would stop with an error and their trials be lost (a worker
+    between two trials is not seen: it stops with `StudyGoneError`)."""
+    import optuna
+
+    from .storage import GRACE_BEATS, busy_trials
+
+    if spec.shared:
+        busy = busy_trials(backend, name)
+        if busy:
+            workers = sorted({str(t.user_attrs.get("worker", "a starting worker")) for t in busy})
+            raise StudyInUseError(
+                f"study '{name}' in {spec.display} has {len(busy)} trial(s) running (worker "
+                f"{', '.join(workers)}): --new-study would delete it under them. Stop them (or "
+                f"let them finish) first; a stopped worker's trial stops counting once its "
+                f"heartbeat is {GRACE_BEATS} beats old. Or give --study-name NAME for a "
+                f"separate study"
+            )
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=backend)
 
 
 def _study_lock(storage: Any, study_name: str) -> contextlib.AbstractContextManager:

@@ -1,8 +1,8 @@
 """Studies shared by many workers: `imgtune tune` processes on one PostgreSQL study (one of them
 SIGKILLed mid-trial), `--workers N` on a journal file, a trial whose worker died before its first
-heartbeat, the Optuna heartbeat protocol imgtune implements, an old SQLite study that still
-resumes, `imgtune preset` from storage, the score cache under several writers, and the
-PostgreSQL fixture's skip-or-fail decision."""
+heartbeat, `--new-study` while a worker runs, the Optuna heartbeat protocol imgtune implements,
+an old SQLite study that still resumes, `imgtune preset` from storage, the score cache under
+several writers, and the PostgreSQL fixture's skip-or-fail decision."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from optimizer import storage as storage_module
 from optimizer.cli import app
 from optimizer.outcome import ExitCode
 from optimizer.search import ScoreCache
-from optimizer.storage import StorageSpec, fail_stale
+from optimizer.storage import StorageSpec, busy_trials, fail_stale
 from optimizer.study import study_name_for
 from optimizer.targets import parse_target
 
@@ -79,6 +79,16 @@ def _kill_mid_trial(open_study, proc, pick, timeout: float = 120) -> tuple[int, 
     """Wait until a worker chosen by `pick(pid)` runs a trial, freeze it (SIGSTOP: the trial
     cannot finish between the look and the kill), check the trial still runs, SIGKILL it.
     Returns (pid, the trial's number)."""
+    pid, number = _freeze_mid_trial(open_study, proc, pick, timeout)
+    os.kill(pid, signal.SIGKILL)
+    return pid, number
+
+
+def _freeze_mid_trial(
+    open_study, proc, pick, timeout: float = 120, settled=lambda: True
+) -> tuple[int, int]:
+    """Wait until a worker chosen by `pick(pid)` runs a trial and leave it frozen (SIGSTOP) in
+    the middle of it, at a moment when `settled()`. Returns (pid, the trial's number)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before a trial could be killed"
@@ -91,12 +101,12 @@ def _kill_mid_trial(open_study, proc, pick, timeout: float = 120) -> tuple[int, 
             if host != HOST or not pid.isdigit() or not pick(int(pid)):
                 continue
             os.kill(int(pid), signal.SIGSTOP)
-            if any(r.number == t.number for r in open_study().get_trials(states=(S.RUNNING,))):
-                os.kill(int(pid), signal.SIGKILL)
+            running = open_study().get_trials(states=(S.RUNNING,))
+            if any(r.number == t.number for r in running) and settled():
                 return int(pid), t.number
             os.kill(int(pid), signal.SIGCONT)
         time.sleep(0.03)
-    raise AssertionError("no worker ran a trial to kill")
+    raise AssertionError("no worker ran a trial to stop")
 
 
 def _opener(storage, name: str):
@@ -369,6 +379,95 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_run_again(
     assert study.trials[orphan.number].state == S.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == orphan.number]
     assert [t.state for t in retried] in ([S.COMPLETE], [S.PRUNED])
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with")
+def test_busy_trials_tells_a_live_worker_from_a_dead_one(postgres_url):  # noqa: F811
+    name = f"busy-{uuid.uuid4().hex[:8]}"
+    server = StorageSpec.parse(postgres_url).open(heartbeat=1)  # a grace of 3 s
+    study = optuna.create_study(study_name=name, storage=server)
+    study_id = server.get_study_id_from_name(name)
+
+    def trial_id(number: int) -> int:
+        return server.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    live = study.ask()
+    server.record_heartbeat(trial_id(live.number))
+    t0 = time.monotonic()
+    assert [t.number for t in busy_trials(server, name)] == [live.number]
+    silent = study.ask()  # its worker killed before its first beat
+    assert [t.number for t in busy_trials(server, name)] == [live.number]
+    assert time.monotonic() - t0 < 2  # a beating trial is an answer at once
+    time.sleep(3.5)  # the live worker dies: 3 beats of silence
+    assert busy_trials(server, name) == []  # the silent one watched until failed
+    trials = optuna.load_study(study_name=name, storage=postgres_url).trials
+    assert trials[live.number].state == S.FAIL and trials[silent.number].state == S.FAIL
+    assert sorted(t.system_attrs["failed_trial"] for t in trials[2:]) == [0, 1]  # run again
+    assert busy_trials(server, "no-such-study") == []
+
+
+def _freeze_worker(folder: Path, cwd: Path, *args: str):
+    """An `imgtune tune` on `folder`'s default journal study, frozen in the middle of a trial:
+    (process, study opener, trial number)."""
+    name = study_name_for(folder, parse_target(TARGET), "min")
+    journal = cwd / "studies" / f"{name}.journal"
+    proc = subprocess.Popen(
+        _tune_cmd(folder, "--trials", "50", *args), cwd=cwd, env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    opened = []
+
+    def open_study():
+        if not journal.is_file():
+            return None
+        if not opened:
+            opened.append(StorageSpec.parse(str(journal)).open())
+        return _opener(opened[0], name)()
+
+    def lock_free() -> bool:  # frozen holding the journal's lock, it would block every reader
+        import fcntl
+
+        fd = os.open(f"{journal}.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    _, number = _freeze_mid_trial(open_study, proc, lambda pid: pid == proc.pid, settled=lock_free)
+    return proc, open_study, number
+
+
+def test_new_study_is_refused_while_a_worker_runs_trials_of_it(small, tmp_path):
+    """`--new-study` deletes the study: under a worker running a trial of it, that worker's
+    work would be lost. Refused, naming the study and the worker; a worker whose study is
+    deleted all the same (a --new-study between two of its trials) stops with one line."""
+    name = study_name_for(small, parse_target(TARGET), "min")
+    worker, open_study, number = _freeze_worker(small, tmp_path, "--heartbeat", "10")
+    try:
+        r = subprocess.run(
+            _tune_cmd(small, "--trials", "1", "--heartbeat", "10", "--new-study"),
+            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == ExitCode.NOTHING_DONE, r.stderr
+        assert f"study '{name}'" in r.stderr and f"{HOST}:{worker.pid}" in r.stderr, r.stderr
+        assert "--new-study would delete it under them" in r.stderr, r.stderr
+        study = open_study()
+        assert study.trials[number].state == S.RUNNING  # untouched
+        # deleted all the same, as a --new-study that found the worker between two trials
+        optuna.delete_study(study_name=name, storage=StorageSpec.parse(
+            str(tmp_path / "studies" / f"{name}.journal")).open())  # fmt: skip
+        os.kill(worker.pid, signal.SIGCONT)
+        _, stderr = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGCONT)
+            worker.kill()
+    assert worker.returncode == ExitCode.NOTHING_DONE, stderr
+    assert f"study '{name}'" in stderr and "was deleted while this process ran" in stderr
+    assert "Traceback" not in stderr, stderr
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

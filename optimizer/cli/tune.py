@@ -125,7 +125,12 @@ def tune(
         typer.Option(help="Study name (default: the folder's name and a hash of the target)."),
     ] = None,
     new_study: Annotated[
-        bool, typer.Option("--new-study", help="Delete a stored study of that name and start over.")
+        bool,
+        typer.Option(
+            "--new-study",
+            help="Delete a stored study of that name and start over (refused while workers run "
+            "trials of it).",
+        ),
     ] = False,
     preset_out: Annotated[
         Path | None,
