@@ -1,8 +1,8 @@
 """Studies shared by many workers: `imgtune tune` processes on one PostgreSQL study (one of them
 SIGKILLed mid-trial), `--workers N` on a journal file, a trial whose worker died before its first
 heartbeat, `--new-study` while a worker runs, the Optuna heartbeat protocol imgtune implements,
-an old SQLite study that still resumes, `imgtune preset` from storage, the score cache under
-several writers, and the PostgreSQL fixture's skip-or-fail decision."""
+an old SQLite study that still resumes, `imgtune preset` from storage while trials run, the score
+cache under several writers, and the PostgreSQL fixture's skip-or-fail decision."""
 
 from __future__ import annotations
 
@@ -507,6 +507,47 @@ def test_the_server_heartbeat_table_is_where_imgtune_reads_it(postgres_url):  # 
            (beaten, silent)]  # fmt: skip
     server.record_heartbeat(ids[0])
     assert server.unbeaten_trial_ids(study_id) == [ids[1]]
+
+
+def test_preset_takes_the_best_finished_feasible_trial_while_others_run(
+    small,
+    tmp_path,
+    postgres_url,  # noqa: F811
+):
+    """`imgtune preset` on a study other workers still add to: a running trial (scores
+    recorded, not yet told), a smaller infeasible one and a smaller failed one are not the
+    best; the preset replaces the old file whole."""
+    name = f"pre-{uuid.uuid4().hex[:8]}"
+    kw = {"target": TARGET, "device": "cpu", "codecs": "webp", "seed": 0, "heartbeat": 1}
+    api.tune(small, trials=3, storage=postgres_url, study_name=name,
+                 studies=tmp_path / "studies", **kw)  # fmt: skip
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    best = study.best_trial
+    other = {**best.user_attrs["candidate"], "quality": best.user_attrs["candidate"]["quality"] - 9}
+
+    def fake(feasible: bool):
+        t = study.ask()
+        for key, value in best.user_attrs.items():
+            t.set_user_attr(key, value)
+        t.set_user_attr("candidate", other)
+        t.set_constraint("target", -1.0 if feasible else 0.5)
+        return t
+
+    fake(feasible=True)  # running: everything recorded, not finished
+    study.tell(fake(feasible=False), 1.0)  # smaller, misses the target
+    study.tell(fake(feasible=True), state=S.FAIL)  # its worker failed it
+    out = tmp_path / "preset.json"
+    out.write_text("an older preset")
+    r = subprocess.run(
+        [sys.executable, "-m", "optimizer", "preset", name, "--storage", postgres_url,
+         "--out", str(out)],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    preset = json.loads(out.read_text())
+    _best_matches(preset, study)
+    assert preset["study"]["trials"] == 6
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".preset")] == []
 
 
 def test_storage_spec_parsing_and_hidden_passwords():
