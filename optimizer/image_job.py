@@ -10,7 +10,9 @@ probe at the predicted quality, a step out to bracket, interpolation to `toleran
 dropped as soon as it cannot win: a miss already larger than the best passing output so far
 (bytes grow with quality), or a pass whose bytes, extrapolated down to the target, still are.
 Where nothing passes even at the top, chroma subsampling is usually the culprit (flat colour,
-small text): the codecs that have 4:4:4 are searched again with it.
+small text): the codecs that have 4:4:4 are searched again with it. AVIF is searched at a fast
+encoder speed (`Job.probe_speed`) and its output encoded at the recipe's own speed where that
+should just pass (`probe_speed`); the output's params name the speed of the bytes written.
 
 Rules: an output never misses the target unless `best_effort` (then it is flagged); an output
 is never larger than its source (the source is kept instead, whole files compared) unless it is
@@ -31,6 +33,7 @@ from typing import Any, Literal
 from .codecs import CODECS
 from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, load
 from .predictor import Prediction
+from .probe_speed import DEFAULT_PROBE_SPEED, MAX_DROP, fast_recipe, just_passing, margin_slope
 from .quality_search import Probe, SearchResult, bytes_per_margin, cannot_win, lowest_passing
 from .recipe import Candidate
 from .search import ImageSet
@@ -91,6 +94,9 @@ class Job:
     tolerance: int = 3
     #: per codec (lo, hi) quality bounds of the search
     bounds: tuple[tuple[str, tuple[int, int]], ...] = ()
+    #: AVIF speed the search probes at (the output then encoded at the recipe's own speed, see
+    #: `probe_speed`); None: probe at the recipe's speed
+    probe_speed: int | None = DEFAULT_PROBE_SPEED
     #: how sources are read (not part of `key`: they change which files load, not an output)
     max_pixels: int = DEFAULT_MAX_PIXELS
     animated: AnimatedPolicy = "refuse"
@@ -119,9 +125,18 @@ class Job:
     def bounds_for(self, codec: str) -> tuple[int, int]:
         return dict(self.bounds).get(codec, CODECS[codec].quality_range)
 
+    @property
+    def fast_probes(self) -> bool:
+        """Whether `probe_speed` changes anything: a search, of a recipe it makes faster."""
+        return self.search and any(fast_recipe(b, self.probe_speed) for b in self.bases)
+
     def key(self, metric_spec: dict[str, Any]) -> str:
+        # probe_speed only where it changes outputs: other jobs keep the keys they had before
+        # it existed, so their outputs stay up to date
+        fast = {"probe_speed": self.probe_speed} if self.fast_probes else {}
         blob = json.dumps(
             {
+                **fast,
                 "mode": self.mode,
                 "target": str(self.target),
                 "bases": [b.as_dict() for b in self.bases],
@@ -179,8 +194,11 @@ class ImageResult:
     outcome: ImageOutcome
     #: the bytes to write to `outcome.output`; None: copy the source (or nothing, if skipped)
     payload: bytes | None = None
-    #: codec -> the lowest passing quality this image needed (for the run's predictor)
+    #: codec -> the lowest passing quality this image needed (for the run's predictor; at the
+    #: probe speed where the codec has one)
     found: dict[str, int] = field(default_factory=dict)
+    #: codec -> the margin its recipe's speed had over the probe speed's (for the predictor)
+    gains: dict[str, float] = field(default_factory=dict)
     #: the codec of the output, if an encode was chosen
     winner: str | None = None
 
@@ -245,14 +263,15 @@ def optimize_image(
                     q0 = base.quality  # --refine starts at the preset's quality
                 r = search.run(
                     base, start=q0, step=step, bounds=job.bounds_for(codec),
-                    tolerance=job.tolerance,
+                    tolerance=job.tolerance, probe_speed=job.probe_speed,
+                    gain=prediction.gains.get(codec),
                     flat=FLAT if dict(base.options).get("subsampling") == "4:2:0"
                     and not src.is_grey else None,
                 )  # fmt: skip
             else:  # the recipe's own quality: one probe, kept if it passes
                 q = base.quality
                 r = search.run(base, start=q, step=1, bounds=(q, q), tolerance=0, prune=False)
-            if r.best is not None:
+            if r.best is not None:  # at the probe speed: what the next images' searches start from
                 found[codec] = r.best.quality
     if search.best is None and not any(p.passed for p in search.probes) and not src.is_grey:
         # Nothing passed, even at the top: on flat colour and small text the culprit is usually
@@ -269,9 +288,11 @@ def optimize_image(
                 bounds=job.bounds_for(base.codec) if job.search else (q, q),
                 tolerance=job.tolerance,
                 keep_first=False,
+                probe_speed=job.probe_speed if job.search else None,
             )
     outcome.encodes = images.encodes
-    result = ImageResult(outcome, found=found)
+    gains = {c: g for c, g in search.gains.items() if c in found}  # the 4:4:4 retry's aside
+    result = ImageResult(outcome, found=found, gains=gains)
     if search.best is not None:
         cand, values = search.best.result
         _, result.payload = images.render(images.items[0], cand)
@@ -327,6 +348,8 @@ class _ImageSearch:
         self.best: Probe | None = None
         # Beat the source (an output never exceeds it) unless resizing makes it incomparable.
         self.best_bytes = math.inf if resized else float(source_bytes)
+        #: codec -> the margin its recipe's speed had over the probe speed's at one quality
+        self.gains: dict[str, float] = {}
 
     def probe(self, cand: Candidate) -> Probe:
         nbytes, values = self.images.score(0, cand)
@@ -341,23 +364,100 @@ class _ImageSearch:
         *,
         prune: bool = True,
         keep_first: bool = True,
+        probe_speed: int | None = None,
+        gain: float | None = None,
         **search: Any,
     ) -> SearchResult:
         """The lowest passing quality of `base`'s recipe; it becomes the best if smaller (or, with
         `keep_first` and a resized set, if it is the first pass). `prune`: give up on a recipe
-        that cannot beat the best so far."""
+        that cannot beat the best so far. `probe_speed`: search at that (faster) encoder speed,
+        then confirm at `base`'s own (`_confirm`, aimed with `gain`); the result is the fast
+        search's, unless nothing passed at that speed (then `base` is searched as it is)."""
+        fast = fast_recipe(base, probe_speed)
+        if fast is not None:
+            r = self._search(fast, prune=prune, keep_first=keep_first, **search)
+            if r.best is not None:
+                self._confirm(base, r, gain=gain, prune=prune, **search)
+                return r
+            # Nothing passed, or a fast file was already too large: the fast speed's files can
+            # be far larger and worse than the recipe's (flat graphics: AVIF drops its screen
+            # content tools at speed 9), so the recipe's own speed decides.
+        return self._search(base, prune=prune, keep_first=keep_first, **search)
+
+    def _search(
+        self,
+        base: Candidate,
+        *,
+        prune: bool,
+        keep_first: bool,
+        prefer: Probe | None = None,
+        **search: Any,
+    ) -> SearchResult:
+        """`lowest_passing` on `base`'s recipe; its pass becomes the best if smaller, or no
+        larger than `prefer` while that is the best."""
         give_up = None
         if prune:
             rate = bytes_per_margin(self._by_recipe()) if math.isfinite(self.best_bytes) else None
             give_up = cannot_win(self.best_bytes, rate)
         r = lowest_passing(lambda q: self.probe(base.with_quality(q)), give_up=give_up, **search)
         self.probes.extend(r.probes)
-        p = r.best
-        if p is not None and (
-            p.bytes < self.best_bytes or (keep_first and self.best is None and self.resized)
+        if r.best is not None:
+            self._consider(r.best, prefer, first=keep_first and self.best is None and self.resized)
+        return r
+
+    def _confirm(
+        self, base: Candidate, fast: SearchResult, *, gain: float | None, prune: bool, **search
+    ) -> None:
+        """The fast search's find confirmed at `base`'s own speed: one encode where that speed
+        should just pass (the fast probes' margin line, moved down by the margin `gain` it had
+        over them on earlier images; none known: not moved), and only if that misses, one where
+        its own margin says it passes, then the found quality. Where it passes so far above
+        that the speeds plainly disagree (flat graphics), a search at its speed from there.
+        The margin gained is noted in `gains`. Each pass becomes the best if smaller (or,
+        against this recipe's fast probe, no larger); where none does, the fast probe stays
+        the best: it was scored passing too."""
+        found = fast.best
+        if found is None:
+            return
+        lo, top = search["bounds"][0], found.quality
+        slope = margin_slope(fast.probes, found)
+        if slope is None:  # nothing to aim with: the found quality
+            self.gains[base.codec] = self._confirming(base.with_quality(top), found).margin - (
+                found.margin
+            )
+            return
+        q = min(max(lo, just_passing(top, found.margin + (gain or 0.0), slope)), top)
+        first = self._confirming(base.with_quality(q), found)
+        self.gains[base.codec] = first.margin - (found.margin - slope * (top - q))
+        if not first.passed:  # just missed, as a rule: up its own margin, else the found one
+            up = min(just_passing(q, first.margin, slope), top)
+            missed = up >= top or not self._confirming(base.with_quality(up), found).passed
+            if missed and q < top:
+                self._confirming(base.with_quality(top), found)
+            return
+        down = max(lo, just_passing(q, first.margin, slope))
+        if q - down > MAX_DROP:  # the speeds disagree: a search at the recipe's speed
+            self._search(
+                base, prune=prune, keep_first=False, prefer=found,
+                **{**search, "start": down, "bounds": (lo, q)},
+            )  # fmt: skip
+
+    def _confirming(self, cand: Candidate, found: Probe) -> Probe:
+        p = self.probe(cand)
+        self.probes.append(p)
+        if p.passed:
+            self._consider(p, found)
+        return p
+
+    def _consider(self, p: Probe, prefer: Probe | None, *, first: bool = False) -> None:
+        """A passing probe becomes the best if smaller, or no larger than `prefer` while that is
+        the best (the recipe's own speed over its fast probe), or `first`."""
+        if (
+            p.bytes < self.best_bytes
+            or (prefer is not None and self.best is prefer and p.bytes <= prefer.bytes)
+            or first
         ):
             self.best_bytes, self.best = p.bytes, p
-        return r
 
     def _by_recipe(self) -> list[list[Probe]]:
         groups: dict[tuple, list[Probe]] = {}

@@ -31,6 +31,9 @@ class Prediction:
     seen: frozenset[str] = frozenset()
     #: codec -> images it won
     wins: Mapping[str, int] = field(default_factory=dict)
+    #: codec -> how much more margin the recipe's own encoder speed had than the probe speed's
+    #: at one quality on earlier images, a cautious estimate (see `probe_speed`); absent: none
+    gains: Mapping[str, float] = field(default_factory=dict)
 
     def guess(self, codec: str) -> tuple[int, int]:
         return self.guesses.get(codec, (DEFAULT_START.get(codec, FALLBACK_START), DEFAULT_STEP))
@@ -49,6 +52,7 @@ class QualityPredictor:
         self.start = {**DEFAULT_START, **(start or {})}
         self.window = window
         self.history: dict[str, deque[int]] = {}
+        self.gains: dict[str, deque[float]] = {}
         self.wins: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -62,10 +66,13 @@ class QualityPredictor:
         spread = seen[(3 * len(seen)) // 4] - seen[len(seen) // 4]
         return median, min(max(3, spread + 2), 12)
 
-    def record(self, codec: str, quality: int, won: bool) -> None:
-        """An image needed `quality` with `codec` (and that codec gave its output if `won`)."""
+    def record(self, codec: str, quality: int, won: bool, gain: float | None = None) -> None:
+        """An image needed `quality` with `codec` (and that codec gave its output if `won`);
+        `gain`: the margin its recipe's speed had over the probe speed's."""
         with self._lock:
             self.history.setdefault(codec, deque(maxlen=self.window)).append(quality)
+            if gain is not None:
+                self.gains.setdefault(codec, deque(maxlen=self.window)).append(gain)
             if won:
                 self.wins[codec] = self.wins.get(codec, 0) + 1
 
@@ -74,4 +81,7 @@ class QualityPredictor:
         with self._lock:
             seen = frozenset(c for c in codecs if self.history.get(c))
             wins = dict(self.wins)
-        return Prediction({c: self.predict(c) for c in codecs}, seen, wins)
+            # the lower quartile: a cautious aim passes at the first encode more often, and an
+            # encode more costs more than a quality step (measured: benchmarks/RESULTS.md)
+            gains = {c: sorted(g)[len(g) // 4] for c, g in self.gains.items() if g and c in codecs}
+        return Prediction({c: self.predict(c) for c in codecs}, seen, wins, gains)
