@@ -245,8 +245,13 @@ class _FolderRun:
             r = self.found.pop(self.learned, None)
             if isinstance(r, ImageResult):
                 for codec, quality in r.found.items():
-                    self.predictor.record(codec, quality, codec == r.winner)
-            elif r is not None and r.get("codec") and r.get("quality"):  # up to date
+                    self.predictor.record(codec, quality, codec == r.winner, r.gains.get(codec))
+            elif r is not None and r.get("found") is not None:  # up to date: as if just done
+                won = r.get("codec") if r["status"] == Status.WRITTEN else None
+                gains = r.get("gains") or {}
+                for codec, quality in r["found"].items():
+                    self.predictor.record(codec, quality, codec == won, gains.get(codec))
+            elif r is not None and r.get("codec") and r.get("quality"):  # an older line
                 self.predictor.record(r["codec"], int(r["quality"]), True)
             self.learned += 1
 
@@ -267,7 +272,7 @@ class _FolderRun:
             o = ImageOutcome(**{k: entry[k] for k in _OUTCOME_FIELDS if k in entry})
             o.status, o.encodes = Status.UP_TO_DATE, 0
             slot.outcome = o
-            if entry["status"] == Status.WRITTEN:
+            if entry["status"] == Status.WRITTEN or entry.get("found") is not None:
                 self.found[index] = entry
             return slot
         with suppress(Exception), warnings.catch_warnings():
@@ -321,6 +326,10 @@ class _FolderRun:
                 "job": self.key,
                 "sha256": slot.sha or _sha256(path.read_bytes()),
                 "output_sha256": _sha256(body),
+                # what the predictor learnt from it (the qualities found at the probe speed,
+                # which the written quality need not be), for a resumed run to learn the same
+                "found": r.found,
+                "gains": r.gains,
             }
         )
         return outcome

@@ -14,6 +14,7 @@ memory stays flat however many files a folder has.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any
 
+from .codecs import CODECS
 from .outdir import OutputDir, UnsafePathError, check_relative
 
 __all__ = ["MANIFEST_NAME", "MAX_LINE", "Manifest", "validate_entry"]
@@ -37,6 +39,10 @@ _SHOWN = 10  # problems named one by one; the rest are counted
 
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _opt(v: Any, kind: type | tuple[type, ...]) -> bool:
@@ -72,6 +78,10 @@ def validate_entry(entry: Any) -> dict[str, Any]:
         "codec": _opt(entry.get("codec"), str),
         "quality": _opt(entry.get("quality"), int),
         "params": _opt(entry.get("params"), dict),
+        "found": _opt(entry.get("found"), dict)
+        and all(k in CODECS and _int(v) for k, v in (entry.get("found") or {}).items()),
+        "gains": _opt(entry.get("gains"), dict)
+        and all(k in CODECS and _finite(v) for k, v in (entry.get("gains") or {}).items()),
         "error": _opt(entry.get("error"), str),
         "meets_target": entry.get("meets_target") in (None, True, False),
         "scores": isinstance(entry.get("scores", {}), dict)

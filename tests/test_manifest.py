@@ -160,6 +160,8 @@ def test_a_stale_output_is_removed_only_if_it_is_the_one_we_wrote(tmp_path):
 def test_validate_entry_names_the_bad_field():
     good = json.loads(_line("a.png", "a.avif"))
     assert validate_entry(good) is good
+    learnt = {**good, "found": {"avif": 70, "webp": 80}, "gains": {"avif": 0.008}}
+    assert validate_entry(learnt) is learnt  # what the predictor learnt, for a resumed run
     for field, value in [
         ("status", "deleted"),
         ("sha256", "zz"),
@@ -167,6 +169,11 @@ def test_validate_entry_names_the_bad_field():
         ("quality", True),
         ("scores", {"ssim": "high"}),
         ("job", "j" * 65),
+        ("found", {"avif": -3}),
+        ("found", {"../x": 70}),
+        ("found", [70]),
+        ("gains", {"avif": "much"}),
+        ("gains", {"avif": float("nan")}),
     ]:
         with pytest.raises(ValueError, match=field):
             validate_entry({**good, field: value})
