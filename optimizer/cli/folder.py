@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from .. import api
-from ..errors import ImgtuneError
+from .. import probe_speed as probe
+from ..errors import ImgtuneError, UsageError
 from ..outcome import ExitCode
 from .common import (
     AnimatedOpt,
@@ -52,6 +53,27 @@ MemoryOpt = Annotated[
         help="Memory the images in flight may use (threads): 8G, 500M, bytes or off; default "
         "half this machine's RAM. Images are admitted while their estimated working set fits; "
         "one larger than the budget runs alone. On a cluster, workers' own limits apply.",
+    ),
+]
+
+
+def _probe_speed(value: int | str | None) -> int | None:
+    try:
+        return probe.parse(value)
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+ProbeSpeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--probe-speed",
+        parser=_probe_speed,
+        metavar="N|off",
+        help="AVIF speed (0-10, 10 fastest) the quality search probes at; the output is then "
+        "encoded at the recipe's own speed (6) where that should just pass, higher only if "
+        "that misses, each scored; the smallest passing file is written, its params naming "
+        "its speed. off: every probe at the recipe's speed.",
     ),
 ]
 JsonOpt = Annotated[
@@ -206,6 +228,7 @@ def optimize(
             "codec's whole scale)."
         ),
     ] = None,
+    probe_speed: ProbeSpeedOpt = probe.DEFAULT_PROBE_SPEED,
     best_effort: BestEffortOpt = False,
     background: BackgroundOpt = None,
     max_width: MaxWidthOpt = None,
@@ -235,8 +258,8 @@ def optimize(
     summary = _Printer("optimizing", as_json, report).run(
         api.optimize, src, out_dir, target=target, quality=quality, codecs=codecs,
         preset=preset, tolerance=tolerance, quality_range=quality_range,
-        best_effort=best_effort, background=background, max_width=max_width,
-        max_height=max_height, jobs=jobs, cluster=cluster, memory=memory,
+        probe_speed=probe_speed, best_effort=best_effort, background=background,
+        max_width=max_width, max_height=max_height, jobs=jobs, cluster=cluster, memory=memory,
         follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
         compile=compile,
@@ -259,6 +282,7 @@ def apply(
     target: Annotated[
         str | None, typer.Option(help="Judge outputs against this target instead of the preset's.")
     ] = None,
+    probe_speed: ProbeSpeedOpt = probe.DEFAULT_PROBE_SPEED,
     best_effort: BestEffortOpt = False,
     jobs: JobsOpt = None,
     cluster: ClusterOpt = None,
@@ -278,7 +302,7 @@ def apply(
     """
     summary = _Printer("applying", as_json, report).run(
         api.apply, preset, src, out_dir, refine=refine, target=target,
-        best_effort=best_effort, jobs=jobs, cluster=cluster, memory=memory,
+        probe_speed=probe_speed, best_effort=best_effort, jobs=jobs, cluster=cluster, memory=memory,
         follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
         compile=compile,
