@@ -12,7 +12,8 @@ import pytest
 
 from optimizer import codecs
 from optimizer.errors import UsageError
-from optimizer.image_job import FLAT, Job, Status, _ImageSearch, optimize_image
+from optimizer.image_job import FLAT, Job, Status, optimize_image
+from optimizer.image_search import ImageSearch
 from optimizer.images import load
 from optimizer.metrics import MetricSuite
 from optimizer.predictor import DEFAULT_START, DEFAULT_STEP, Prediction, QualityPredictor
@@ -255,9 +256,7 @@ def test_with_probe_speed_off_the_search_is_the_one_before_probe_speeds(images, 
     # the search as it was: the one-recipe core at the recipe's speed, from the default start,
     # giving up only on misses larger than the source
     base = Candidate.make("avif", 75)
-    search = _ImageSearch(
-        ImageSet([src], suite), TARGET, resized=False, source_bytes=src.file_bytes
-    )
+    search = ImageSearch(ImageSet([src], suite), TARGET, resized=False, source_bytes=src.file_bytes)
     want = lowest_passing(
         lambda q: search.probe(base.with_quality(q)), (0, 100), start=DEFAULT_START["avif"],
         step=DEFAULT_STEP, tolerance=3, flat=FLAT, give_up=cannot_win(src.file_bytes, None),
