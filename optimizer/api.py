@@ -323,7 +323,8 @@ def tune(
         Where the study lives: an Optuna storage URL (``sqlite:///x.db``: one process;
         ``postgresql+psycopg://user@host/db``: workers on many machines) or the path of a
         journal file (workers on this machine); the study name (default: the folder's name and
-        a hash of the target); and whether to delete a stored study of that name first.
+        a hash of the target); and whether to delete a stored study of that name first
+        (refused while workers run trials of it).
     preset_out, out, report:
         Where to write the preset (default ``studies/<name>.preset.json``), the encoded set
         (folder; sources untouched) and the HTML report (``"."``: ``studies/<name>.report.html``).
