@@ -174,7 +174,7 @@ def run_folder(
         if cluster is None:
             with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="imgtune") as pool:
 
-                def submit(path, job_, prediction, name, stem):
+                def submit(path, job_, prediction, name, stem, *, pixels=0):
                     return pool.submit(
                         optimize_image, path, job_, suite=suite, prediction=prediction,
                         name=name, stem=stem,
@@ -182,7 +182,8 @@ def run_folder(
 
                 try:
                     summary = _drive(
-                        run, listed, submit=submit, window=2 * max(1, jobs), on_result=on_result,
+                        run, listed, submit=submit, window=lambda: 2 * max(1, jobs),
+                        on_result=on_result,
                         budget_pixels=None if memory is None else memory / WORKING_SET_PER_PIXEL,
                     )  # fmt: skip
                 finally:
@@ -335,7 +336,8 @@ class _FolderRun:
         return outcome
 
 
-#: submit(path, job, prediction, name, stem) -> a future of `optimize_image`'s ImageResult
+#: submit(path, job, prediction, name, stem, *, pixels) -> a future of `optimize_image`'s
+#: ImageResult (`pixels`: the source's, from its header; a cluster groups small images by it)
 Submit = Callable[..., Any]
 
 
@@ -344,13 +346,13 @@ def _drive(
     items: Sequence[Path | ImageError],
     *,
     submit: Submit,
-    window: int,
+    window: Callable[[], int],
     on_result: Callable[[ImageOutcome], None] | None,
-    after: Callable[[_Slot], None] | None = None,
     budget_pixels: float | None = None,
 ) -> RunSummary:
-    """Every image through `submit` (threads or a cluster), at most `window` in flight whatever
-    the folder's size, and with `budget_pixels`, no more source pixels in flight than that (an
+    """Every image through `submit` (threads or a cluster), at most `window()` in flight
+    whatever the folder's size (asked before each image: a cluster's grows and shrinks with its
+    workers), and with `budget_pixels`, no more source pixels in flight than that (an
     image larger than the budget runs alone); outputs written and results reported in input
     order, from this thread. Ctrl-C: the images already computed are written, the rest left for
     the next run."""
@@ -360,9 +362,7 @@ def _drive(
 
     def emit() -> None:
         o = run.finish(pending[0])
-        if after:
-            after(pending[0])
-        pending.popleft()
+        pending.popleft()  # its future goes with it: a cluster forgets the task
         summary.add(o)
         if on_result:
             on_result(o)
@@ -370,7 +370,8 @@ def _drive(
     try:
         for k, item in enumerate(items):
             h = horizon(k)
-            while pending and (len(pending) >= window or pending[0].index < h):
+            limit = window()
+            while pending and (len(pending) >= limit or pending[0].index < h):
                 emit()
             run.learn_until(h)
             slot = run.prepare(k, item)
@@ -382,7 +383,9 @@ def _drive(
                 ):
                     emit()
                 prediction = run.predictor.snapshot(codecs)
-                slot.future = submit(slot.path, run.job, prediction, slot.rel, slot.stem)
+                slot.future = submit(
+                    slot.path, run.job, prediction, slot.rel, slot.stem, pixels=slot.pixels
+                )
             pending.append(slot)
         while pending:
             emit()

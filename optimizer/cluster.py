@@ -1,11 +1,14 @@
-"""Folder jobs on a Dask cluster: each image is one task running `image_job.optimize_image`.
+"""Folder jobs on a Dask cluster: each image is a task running `image_job.optimize_image`
+(consecutive small images share one, see `CHUNK_PIXELS`).
 
 `--cluster local:N` starts a `LocalCluster` of N worker processes on this machine;
 `--cluster tcp://HOST:8786` attaches to a running scheduler (`dask scheduler`, and `dask worker
 tcp://HOST:8786` on machines that see SRC at the same path). This process stays the only writer:
-it walks SRC, decides what is up to date, submits at most a window of images, writes each
-result atomically and appends the manifest, in input order. Workers read sources and return
-bytes; they write nothing, so a worker that dies mid-image costs only that image's work: the
+it walks SRC, decides what is up to date, submits at most a window of tasks (two per worker
+thread, re-read as workers join or leave), writes each result atomically and appends the
+manifest, in input order; a task is released as soon as its images are written, so this
+process and the scheduler hold the window, never the folder. Workers read sources and return
+bytes; they write nothing, so a worker that dies mid-image costs only that task's work: the
 scheduler reruns it elsewhere (the summary counts those reruns), and nothing is written twice
 or half. Each worker process builds the metric suite once (on its own GPU, if it has one).
 """
@@ -14,19 +17,30 @@ from __future__ import annotations
 
 import itertools
 import logging
+import pickle
 import secrets
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["Cluster", "open_cluster", "remote_optimize"]
+__all__ = ["CHUNK_IMAGES", "CHUNK_PIXELS", "Cluster", "open_cluster", "remote_optimize"]
 
 _SUITES: dict[Any, Any] = {}
-#: finished tasks whose reruns are counted in one scheduler round trip
-RERUN_BATCH = 64
+#: seconds between two readings of the cluster's threads (one scheduler round trip each)
+WINDOW_REFRESH_S = 1.0
+#: Consecutive images of at most this many source pixels in all (a 256x256 image's), and
+#: `CHUNK_IMAGES` at most, run as one task: a Dask task costs the client, the scheduler and a
+#: worker milliseconds whatever it does, more than a thumbnail's whole job. Larger images run
+#: one to a task, where that cost is lost in the image's own.
+CHUNK_PIXELS = 256 * 256
+CHUNK_IMAGES = 8
+#: messages Dask keeps per connection for debugging, while a folder job runs
+MESSAGE_LOG = 50
 
 
 def remote_optimize(path: Path, job, recipe, prediction, name: str, stem: str):
@@ -40,10 +54,113 @@ def remote_optimize(path: Path, job, recipe, prediction, name: str, stem: str):
     return optimize_image(path, job, suite=suite, prediction=prediction, name=name, stem=stem)
 
 
-def _rerun_counts(dask_scheduler, keys: list[str]) -> dict[str, int]:
-    """Per task, how many times a worker died while running it (the scheduler's count)."""
-    tasks = dask_scheduler.tasks
-    return {k: tasks[k].suspicious for k in keys if k in tasks}
+def remote_chunk(job, recipe, images: list[tuple[Path, Any, str, str]]) -> list[Any]:
+    """`remote_optimize` on each (path, prediction, name, stem) of a chunk, in order. An
+    image's own exception is returned in its place: it costs its chunk-mates nothing."""
+    out: list[Any] = []
+    for path, prediction, name, stem in images:
+        try:
+            out.append(remote_optimize(path, job, recipe, prediction, name, stem))
+        except Exception as exc:
+            try:
+                pickle.dumps(exc)
+            except Exception:  # it must travel back: its name and message do
+                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+            out.append(exc)
+    return out
+
+
+def _rerun_count(dask_scheduler, prefix: str) -> int:
+    """How many images were rerun because a worker died while running their task: the
+    scheduler's count for each of the run's task prefixes (`<prefix>_<images per task>`),
+    which outlives the tasks themselves."""
+    total = 0
+    for name, tp in dask_scheduler.task_prefixes.items():
+        head, _, n = name.rpartition("_")
+        if head == prefix and n.isdigit():
+            total += int(n) * tp.suspicious
+    return total
+
+
+class _Chunk:
+    """Consecutive images of one run sent as one task, once full or once the driver waits on
+    one of them."""
+
+    def __init__(self, cluster: Cluster, job) -> None:
+        self.cluster, self.job = cluster, job
+        self.images: list[tuple[Path, Any, str, str]] = []
+        self.pixels = 0
+        self.future: Any = None
+        self.results: list[Any] | None = None  # gathered once for all its images
+        self.alone: list[Any] | None = None  # one task an image, after its task killed workers
+        self.dropped = False  # cancelled before it was sent
+
+    def send(self) -> None:
+        c = self.cluster
+        if c.open is self:
+            c.open = None
+        if self.future is None and not self.dropped:
+            self.future = c.task(remote_chunk, len(self.images), self.job, c.recipe, self.images)
+
+    def result(self, i: int) -> Any:
+        self.send()
+        if self.future is None:
+            raise CancelledError(f"{self.images[i][2]}: cancelled before it was sent")
+        if self.alone is None and self.results is None:
+            try:
+                self.results = self.future.result()
+            except Exception as exc:
+                if type(exc).__name__ != "KilledWorker" or len(self.images) == 1:
+                    raise
+                # One of these images kills every worker it runs on: each alone now, so only
+                # that one is lost.
+                c = self.cluster
+                self.alone = [
+                    c.task(remote_optimize, 1, path, self.job, c.recipe, *rest)
+                    for path, *rest in self.images
+                ]
+        if self.alone is not None:
+            return self.alone[i].result()
+        r = self.results[i]
+        if isinstance(r, BaseException):
+            raise r
+        return r
+
+    def done(self, i: int) -> bool:
+        if self.alone is not None:
+            return self.alone[i].done()
+        return self.future is not None and self.future.done()
+
+    def cancel(self) -> None:
+        self.dropped = True
+        for f in [self.future, *(self.alone or ())]:
+            if f is not None:
+                f.cancel()
+
+    def cancelled(self, i: int) -> bool:
+        f = self.alone[i] if self.alone is not None else self.future
+        return self.dropped if f is None else f.cancelled()
+
+
+class _Image:
+    """One image's share of a chunk: what the driver waits on, as it would on a future."""
+
+    __slots__ = ("chunk", "i")
+
+    def __init__(self, chunk: _Chunk, i: int) -> None:
+        self.chunk, self.i = chunk, i
+
+    def result(self) -> Any:
+        return self.chunk.result(self.i)
+
+    def done(self) -> bool:
+        return self.chunk.done(self.i)
+
+    def cancel(self) -> None:
+        self.chunk.cancel()
+
+    def cancelled(self) -> bool:
+        return self.chunk.cancelled(self.i)
 
 
 class Cluster:
@@ -52,45 +169,53 @@ class Cluster:
     def __init__(self, client, recipe) -> None:
         self.client, self.recipe = client, recipe
         self.reruns = 0
-        self._run = secrets.token_hex(4)
+        # Every task of this run is `<prefix>_<images>-<n>`: Dask groups them under
+        # `<prefix>_<images>` (kept whole by `key_split`) and counts their workers' deaths
+        # there, so no finished task is held to be counted.
+        self.prefix = f"imgtune_{secrets.token_hex(4)}"
+        self.open: _Chunk | None = None
         self._ids = itertools.count()
-        self._held: list[Any] = []
+        self._threads = 1
+        self._threads_read = -WINDOW_REFRESH_S
+        self._per_task = 1
 
-    @property
     def window(self) -> int:
-        """Images in flight: two per worker thread, so none waits for the next task."""
-        return 2 * max(1, sum(self.client.nthreads().values()))
+        """Images in flight: two tasks per worker thread (so none waits for its next one), of
+        as many images as a task holds at the last image's size. The threads are counted
+        again at most once a second: workers that join or leave a scheduler mid-run widen or
+        narrow the window (with none left it stays at 2 tasks: nothing more is queued)."""
+        now = time.monotonic()
+        if now - self._threads_read >= WINDOW_REFRESH_S:
+            self._threads = max(1, sum(self.client.nthreads().values()))
+            self._threads_read = now
+        return 2 * self._threads * self._per_task
 
-    def submit(self, path, job, prediction, name: str, stem: str):
-        key = f"imgtune-{self._run}-{next(self._ids)}"
-        return self.client.submit(
-            remote_optimize, path, job, self.recipe, prediction, name, stem, key=key, pure=False
-        )
+    def task(self, fn: Callable[..., Any], images: int, *args: Any) -> Any:
+        key = f"{self.prefix}_{images}-{next(self._ids)}"
+        return self.client.submit(fn, *args, key=key, pure=False)
 
-    def after(self, slot) -> None:
-        """Keep a finished image's task until its reruns are counted: the scheduler forgets a
-        task once its future is released. Counted `RERUN_BATCH` at a time, one round trip for
-        all (a finished task holds only its output's bytes on its worker)."""
-        if slot.future is not None:
-            self._held.append(slot.future)
-            if len(self._held) >= RERUN_BATCH:
-                self._count_reruns()
-
-    def _count_reruns(self) -> None:
-        if self._held:
-            keys = [f.key for f in self._held]
-            self.reruns += sum(self.client.run_on_scheduler(_rerun_counts, keys=keys).values())
-            self._held.clear()
+    def submit(self, path, job, prediction, name: str, stem: str, *, pixels: int = 0) -> _Image:
+        """Add an image to the open chunk (sent once full); a handle to wait on."""
+        chunk = self.open
+        if chunk is not None and (chunk.job is not job or chunk.pixels + pixels > CHUNK_PIXELS):
+            chunk.send()
+            chunk = None
+        if chunk is None:
+            chunk = self.open = _Chunk(self, job)
+        chunk.images.append((path, prediction, name, stem))
+        chunk.pixels += pixels
+        self._per_task = max(1, min(CHUNK_IMAGES, CHUNK_PIXELS // max(1, pixels)))
+        handle = _Image(chunk, len(chunk.images) - 1)
+        if len(chunk.images) >= CHUNK_IMAGES or chunk.pixels >= CHUNK_PIXELS:
+            chunk.send()
+        return handle
 
     def drive(self, run, items, drive: Callable[..., Any], *, on_result) -> Any:
         try:
-            summary = drive(
-                run, items, submit=self.submit, window=self.window, on_result=on_result,
-                after=self.after,
-            )  # fmt: skip
-            self._count_reruns()
+            summary = drive(run, items, submit=self.submit, window=self.window, on_result=on_result)
         finally:
-            self._held.clear()  # released whatever happened
+            self.open = None
+        self.reruns = self.client.run_on_scheduler(_rerun_count, prefix=self.prefix)
         summary.retried = self.reruns
         return summary
 
@@ -98,32 +223,38 @@ class Cluster:
 @contextmanager
 def open_cluster(address: str, recipe) -> Iterator[Cluster]:
     """`local:N` (N worker processes here, one thread each) or a scheduler's address."""
+    import dask
     from distributed import Client, LocalCluster
 
-    if address.startswith("local:"):
-        n = address.removeprefix("local:")
-        if not n.isdigit() or int(n) < 1:
-            raise UsageError(f"--cluster local:N needs a number of workers >= 1, not {address!r}")
-        with (
-            LocalCluster(
-                n_workers=int(n),
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            ) as local,
-            Client(local) as client,
-        ):
-            yield Cluster(client, recipe)
-        return
-    if "://" not in address:
+    local = address.startswith("local:")
+    n = address.removeprefix("local:")
+    if local and (not n.isdigit() or int(n) < 1):
+        raise UsageError(f"--cluster local:N needs a number of workers >= 1, not {address!r}")
+    if not local and "://" not in address:
         raise UsageError(
             f"--cluster takes local:N or a scheduler address such as tcp://host:8786, "
             f"not {address!r}"
         )
-    try:
-        client = Client(address, timeout=30)
-    except OSError as exc:
-        raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
-    with client:
-        yield Cluster(client, recipe)
+    # Dask keeps each connection's last messages for its developers (1,000 by default): with
+    # local:N's scheduler in this process, those held every task's arguments, some 3 KB an
+    # image, so this process grew with the folder up to 8,000 tasks.
+    with dask.config.set({"distributed.admin.low-level-log-length": MESSAGE_LOG}):
+        if local:
+            with (
+                LocalCluster(
+                    n_workers=int(n),
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                yield Cluster(client, recipe)
+            return
+        try:
+            client = Client(address, timeout=30)
+        except OSError as exc:
+            raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        with client:
+            yield Cluster(client, recipe)

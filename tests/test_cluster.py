@@ -1,8 +1,9 @@
-"""Folder jobs on a real Dask LocalCluster of worker processes: the same files as threads, and a
-worker killed mid-run costs nothing but time."""
+"""Folder jobs on a real Dask LocalCluster of worker processes: the same files as threads, a
+worker killed mid-run costs nothing but time, and a window of tasks in flight, not the folder."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -10,15 +11,26 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from concurrent.futures import CancelledError
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import psutil
 import pytest
+from distributed import LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 from PIL import Image
 
+from optimizer import api, cluster
+from optimizer.api import SuiteRecipe
 from optimizer.batch import horizon
 from optimizer.manifest import MANIFEST_NAME
+from optimizer.outdir import OutputDir
+from optimizer.presets import Preset
 
+from ._export_harness import make_preset
 from .conftest import ROOT, SAMPLES
 
 NAMES = ["astronaut", "chelsea", "coffee", "rocket", "twins_cc0", "tiger_grayscale_cc0"]
@@ -135,3 +147,246 @@ def test_a_bad_cluster_address_is_a_usage_error(tmp_path, bad):
     src = _folder(tmp_path / "src", 1, 32)
     r = _imgtune("optimize", str(src), str(tmp_path / "out"), "--cluster", bad)
     assert r.returncode == 2 and "--cluster" in r.stderr and r.stderr.count("\n") == 1
+
+
+class _InFlight(SchedulerPlugin):
+    """On the scheduler, at each transition of one run's tasks: the most tasks it held (finished
+    or not) and the most not finished yet (waiting, queued, running), with their images. Driven
+    by the scheduler's own events, so nothing depends on when it is sampled."""
+
+    name = "imgtune-in-flight"
+
+    def __init__(self, scheduler, prefix: str) -> None:
+        self.scheduler, self.prefix = scheduler, prefix
+        self.unfinished: dict[str, int] = {}  # key -> its images (the key says how many)
+        self.held = self.tasks = self.images = 0
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if not str(key).startswith(self.prefix + "_"):
+            return
+        if finish in ("waiting", "queued", "processing", "no-worker"):
+            self.unfinished[key] = int(key.rpartition("-")[0].rpartition("_")[2])
+        else:
+            self.unfinished.pop(key, None)
+        self.held = max(self.held, len(self.scheduler.tasks))
+        self.tasks = max(self.tasks, len(self.unfinished))
+        self.images = max(self.images, sum(self.unfinished.values()))
+
+
+def _watch(dask_scheduler, prefix: str) -> None:
+    dask_scheduler.add_plugin(_InFlight(dask_scheduler, prefix))
+
+
+def _peaks(dask_scheduler) -> dict[str, int]:
+    p = dask_scheduler.plugins[_InFlight.name]
+    return {"held": p.held, "tasks": p.tasks, "images": p.images, "left": len(p.unfinished)}
+
+
+def test_a_window_is_in_flight_whatever_the_folder(tmp_path, monkeypatch):
+    # 5,000 16x16 images through `apply` (one JPEG encode and a PSNR each) on local:2. Watched:
+    # the scheduler's tasks (a plugin), the windows the driver was given, each write, and the
+    # driver's Python objects after 1,000 images and after 5,000.
+    n, early = 5000, 1000
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            src / f"{i:05d}.png"
+        )
+    data = make_preset("jpeg", 80, box=None)
+    data["target"]["spec"] = "psnr>=10"
+    # Durability is not what this measures, and three fsyncs an image on a shared CI disk
+    # would double the run; every write still goes through the temp file and the rename.
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    writes: Counter[str] = Counter()
+    write_bytes = OutputDir.write_bytes
+
+    def counted_write(self, rel: str, body: bytes) -> None:
+        writes[rel] += 1
+        write_bytes(self, rel, body)
+
+    monkeypatch.setattr(OutputDir, "write_bytes", counted_write)
+    windows: list[int] = []
+    window = cluster.Cluster.window
+    monkeypatch.setattr(
+        cluster.Cluster, "window", lambda self: windows.append(window(self)) or windows[-1]
+    )
+    peaks: dict[str, int] = {}
+    drive = cluster.Cluster.drive
+
+    def watched_drive(self, *args, **kwargs):
+        self.client.run_on_scheduler(_watch, prefix=self.prefix)
+        summary = drive(self, *args, **kwargs)
+        peaks.update(self.client.run_on_scheduler(_peaks))
+        return summary
+
+    monkeypatch.setattr(cluster.Cluster, "drive", watched_drive)
+    objects: dict[int, int] = {}
+    alive: Counter[str] = Counter()
+    done = 0
+
+    def on_result(outcome) -> None:
+        nonlocal done
+        done += 1
+        if done in (early, n):
+            gc.collect()
+            found = gc.get_objects()
+            objects[done] = len(found)
+            if done == n:
+                alive.update(type(o).__name__ for o in found)
+            del found
+
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    summary = api.apply(
+        Preset.from_dict(data), src, out, cluster="local:2", device="cpu", on_result=on_result
+    )
+    seconds = time.perf_counter() - t0
+    print(f"{n} images on local:2 in {seconds:.1f} s ({n / summary.seconds:.0f} images/s)")
+
+    # (a) in flight: two tasks per worker thread (2 x 2), each of at most CHUNK_IMAGES images
+    assert len(windows) >= n, "the window is asked for before every image"
+    assert max(windows) <= 2 * 2 * cluster.CHUNK_IMAGES
+    assert peaks["tasks"] <= 2 * 2 and peaks["images"] <= max(windows), peaks
+    # A finished task is released right after its images are written; the release can trail
+    # the next submission by a message, never by a window.
+    assert peaks["held"] <= 2 * 2 * 2 and peaks["left"] == 0, peaks
+    # (b) the driver holds the window, not the folder: fewer new Python objects than images
+    # over the last 4,000 (a future, a result or a path kept per image would be 4,000 or more)
+    assert objects[n] - objects[early] < (n - early) * 3 // 4, objects
+    for kind in ("Future", "_Chunk", "_Image", "_Slot", "ImageResult"):
+        assert alive[kind] <= 2 * max(windows), (kind, alive[kind])
+    # (c) every image written once, and the manifest says so
+    assert summary.counts["written"] + summary.counts["kept"] == n, summary.counts
+    assert summary.retried == 0 and summary.counts["skipped"] == 0
+    lines = [json.loads(x) for x in (out / MANIFEST_NAME).read_text().splitlines()]
+    assert sorted(x["source"] for x in lines) == sorted(p.name for p in src.iterdir())
+    assert sorted(writes) == sorted(x["output"] for x in lines) and set(writes.values()) == {1}
+    for x in lines:
+        body = (out / x["output"]).read_bytes()
+        assert hashlib.sha256(body).hexdigest() == x["output_sha256"]
+
+
+def test_the_window_follows_workers_that_join_and_leave_a_scheduler(monkeypatch):
+    # --cluster tcp://: the window is read again while the run goes (here at every image)
+    monkeypatch.setattr(cluster, "WINDOW_REFRESH_S", 0.0)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as local:
+        recipe = SuiteRecipe(("psnr",), device="cpu")
+        with cluster.open_cluster(local.scheduler_address, recipe) as c:
+            assert c.window() == 2
+            local.scale(3)
+            c.client.wait_for_workers(3, timeout=60)
+            assert c.window() == 6
+            local.scale(1)
+            deadline = time.monotonic() + 60
+            while len(c.client.nthreads()) > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert c.window() == 2
+
+
+class KilledWorker(Exception):
+    """Named as Dask's: what a task's result raises once every worker that ran it died."""
+
+
+class _Done:
+    def __init__(self, value=None, error=None) -> None:
+        self.value, self.error = value, error
+
+    def result(self):
+        if self.error:
+            raise self.error
+        return self.value
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        pass
+
+    def cancelled(self) -> bool:
+        return False
+
+
+def _fake_cluster(sent: list) -> cluster.Cluster:
+    c = cluster.Cluster(SimpleNamespace(nthreads=lambda: {"w1": 1, "w2": 1}), recipe=None)
+
+    def task(fn, images, *args):
+        sent.append((fn.__name__, images))
+        if fn is cluster.remote_chunk:  # args: job, recipe, [(path, prediction, name, stem)]
+            if any(a[0] == "bad" for a in args[2]):
+                return _Done(error=KilledWorker("bad"))
+            return _Done([f"ok {a[0]}" for a in args[2]])
+        return _Done(error=KilledWorker(args[0])) if args[0] == "bad" else _Done(f"ok {args[0]}")
+
+    c.task = task
+    return c
+
+
+def test_small_images_share_a_task_and_large_ones_run_alone():
+    sent: list = []
+    c, job = _fake_cluster(sent), object()
+    tiny = [c.submit(f"t{i}", job, None, "n", "s", pixels=16 * 16) for i in range(9)]
+    assert sent == [("remote_chunk", 8)]  # full: sent; the ninth waits for company
+    assert c.window() == 2 * 2 * cluster.CHUNK_IMAGES  # two tasks a thread, 8 images a task
+    big = c.submit("big", job, None, "n", "s", pixels=cluster.CHUNK_PIXELS)
+    assert sent == [("remote_chunk", 8), ("remote_chunk", 1), ("remote_chunk", 1)]
+    assert c.window() == 2 * 2
+    assert [h.result() for h in tiny] == [f"ok t{i}" for i in range(9)]
+    assert big.result() == "ok big"
+
+
+def test_a_chunk_that_kills_its_workers_reruns_one_image_a_task():
+    sent: list = []
+    c, job = _fake_cluster(sent), object()
+    a, bad, b = (c.submit(p, job, None, p, p, pixels=256) for p in ("a", "bad", "b"))
+    assert sent == []
+    assert a.result() == "ok a"  # waited on: the open chunk is sent, dies, is split
+    with pytest.raises(KilledWorker):
+        bad.result()  # only the image that kills its workers is lost
+    assert b.result() == "ok b"
+    assert sent == [("remote_chunk", 3)] + [("remote_optimize", 1)] * 3
+
+
+def test_one_image_failing_costs_its_chunk_mates_nothing(monkeypatch):
+    class Unpicklable(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    def fake(path, *args):
+        if path == "odd":
+            raise Unpicklable("odd image")
+        if path == "bad":
+            raise ValueError("bad image")
+        return f"ok {path}"
+
+    monkeypatch.setattr(cluster, "remote_optimize", fake)
+    out = cluster.remote_chunk(None, None, [(p, None, p, p) for p in ("a", "bad", "odd", "b")])
+    assert out[0] == "ok a" and out[3] == "ok b"
+    assert isinstance(out[1], ValueError)
+    assert isinstance(out[2], RuntimeError) and str(out[2]) == "Unpicklable: odd image"
+
+
+def test_reruns_are_counted_in_images_from_the_run_s_task_prefixes():
+    scheduler = SimpleNamespace(
+        task_prefixes={
+            "imgtune_ab12cd34_8": SimpleNamespace(suspicious=1),  # a chunk of 8 rerun once
+            "imgtune_ab12cd34_1": SimpleNamespace(suspicious=2),
+            "imgtune_ffffffff_8": SimpleNamespace(suspicious=5),  # another run's
+            "imgtune_ab12cd34_x": SimpleNamespace(suspicious=7),
+        }
+    )
+    assert cluster._rerun_count(scheduler, prefix="imgtune_ab12cd34") == 10
+
+
+def test_a_chunk_cancelled_before_it_was_sent_never_goes_out():
+    sent: list = []
+    c, job = _fake_cluster(sent), object()
+    a = c.submit("a", job, None, "a", "a", pixels=256)
+    a.cancel()  # Ctrl-C: the driver cancels what is pending
+    assert a.cancelled() and not a.done()
+    with pytest.raises(CancelledError):
+        a.result()
+    assert sent == []
