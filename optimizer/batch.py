@@ -196,14 +196,20 @@ def run_folder(
     return summary
 
 
-#: image k's first guesses use the results of images [0, horizon(k)): at most this many images
-#: behind it, and at the start every power of two (1, 2, 4, ...). Fixed, so what a run writes
-#: does not depend on --jobs or --cluster, nor on which image finished first.
+#: image k's first guesses use the results of images [0, horizon(k)): in the first
+#: `POWERS_UNTIL` images, every power of two before it (1, 2, 4, ...) or all but the last
+#: `PREDICTION_LAG`; after that, all but the last eighth. Fixed, so what a run writes does not
+#: depend on --jobs or --cluster, nor on which image finished first; and the lag grows with
+#: the folder, so a cluster of any size finds images to run (at most k - horizon(k) in flight:
+#: 125 at image 1,000, 1,250 at image 10,000) and never waits for every image to finish.
 PREDICTION_LAG = 16
+POWERS_UNTIL = 128
 
 
 def horizon(k: int) -> int:
     """How many of the images before image k its quality predictions may learn from."""
+    if k >= POWERS_UNTIL:
+        return k - max(PREDICTION_LAG, k // 8)
     power = 1 << (k.bit_length() - 1) if k else 0
     return max(power, k - PREDICTION_LAG)
 

@@ -70,7 +70,12 @@ def _digests(out: Path) -> dict[str, str]:
 def test_horizon_learns_from_a_fixed_set_of_earlier_images():
     assert [horizon(k) for k in range(9)] == [0, 1, 2, 2, 4, 4, 4, 4, 8]
     assert horizon(40) == 32 and horizon(49) == 33 and horizon(64) == 64
-    assert all(horizon(k) <= k and horizon(k) <= horizon(k + 1) for k in range(5000))
+    assert all(horizon(k) <= k and horizon(k) <= horizon(k + 1) for k in range(20000))
+    # a large folder keeps a large cluster busy: the images allowed in flight grow with it,
+    # and never drop to none at a power of two
+    assert min(k - horizon(k) for k in range(128, 20000)) >= 16
+    assert 1000 - horizon(1000) == 125 and 10_000 - horizon(10_000) == 1250
+    assert min(k - horizon(k) for k in range(4096, 4200)) >= 4096 // 8
 
 
 def test_a_local_cluster_writes_the_same_files_as_one_thread(tmp_path):
