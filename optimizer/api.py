@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -681,14 +681,18 @@ def _run_folder(
         device=device,
         compile=compile,
     )
-    suite = recipe.build()
     if cluster is not None:
-        from .cluster import open_cluster
+        from .cluster import open_cluster, resources_for
 
-        with open_cluster(cluster, recipe) as c:
+        # This process only walks, writes and keys the job (the suite's description, not its
+        # device): scoring on other machines' GPUs, it needs none of its own. local:N scores
+        # here, so its device is checked here first.
+        suite = (recipe if cluster.startswith("local:") else replace(recipe, device="cpu")).build()
+        with open_cluster(cluster, recipe, resources=resources_for(device)) as c:
             return run_folder(
                 src, Path(out), job, suite=suite, cluster=c, predictor=predictor, **kw
             )
+    suite = recipe.build()
     jobs = jobs or cpus.available()
     import torch
 

@@ -28,7 +28,14 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["CHUNK_IMAGES", "CHUNK_PIXELS", "Cluster", "open_cluster", "remote_optimize"]
+__all__ = [
+    "CHUNK_IMAGES",
+    "CHUNK_PIXELS",
+    "Cluster",
+    "open_cluster",
+    "remote_optimize",
+    "resources_for",
+]
 
 _SUITES: dict[Any, Any] = {}
 #: seconds between two readings of the cluster's threads (one scheduler round trip each)
@@ -166,8 +173,10 @@ class _Image:
 class Cluster:
     """A connected Dask client and what a folder job needs from it."""
 
-    def __init__(self, client, recipe) -> None:
+    def __init__(self, client, recipe, *, resources: dict[str, float] | None = None) -> None:
         self.client, self.recipe = client, recipe
+        #: what each task asks of its worker (`--device cuda`: {"GPU": 1})
+        self.resources = resources
         self.reruns = 0
         # Every task of this run is `<prefix>_<images>-<n>`: Dask groups them under
         # `<prefix>_<images>` (kept whole by `key_split`) and counts their workers' deaths
@@ -186,13 +195,37 @@ class Cluster:
         narrow the window (with none left it stays at 2 tasks: nothing more is queued)."""
         now = time.monotonic()
         if now - self._threads_read >= WINDOW_REFRESH_S:
-            self._threads = max(1, sum(self.client.nthreads().values()))
+            self._threads = max(1, self._usable_threads())
             self._threads_read = now
         return 2 * self._threads * self._per_task
 
+    def _usable_threads(self) -> int:
+        """Worker threads that can take this run's tasks: all of them, or with `resources`,
+        as many tasks as the workers that declare them can hold at once."""
+        if not self.resources:
+            return sum(self.client.nthreads().values())
+        return sum(_capacity(w, self.resources) for w in self._workers().values())
+
+    def _workers(self) -> dict[str, Any]:
+        return self.client.scheduler_info(n_workers=-1)["workers"]
+
+    def check_resources(self, address: str) -> None:
+        """Refuse a run whose tasks no worker can take (e.g. `--device cuda` and no worker
+        started with `--resources GPU=1`), instead of waiting for ever."""
+        if not self.resources:
+            return
+        workers = self._workers()
+        if not any(_capacity(w, self.resources) for w in workers.values()):
+            need = ",".join(f"{k}={v:g}" for k, v in self.resources.items())
+            raise UsageError(
+                f"--device cuda on a cluster runs images only on workers started with "
+                f"--resources {need}; none of the {len(workers)} workers of {address} declares "
+                f"it (dask worker ... --resources {need})"
+            )
+
     def task(self, fn: Callable[..., Any], images: int, *args: Any) -> Any:
         key = f"{self.prefix}_{images}-{next(self._ids)}"
-        return self.client.submit(fn, *args, key=key, pure=False)
+        return self.client.submit(fn, *args, key=key, pure=False, resources=self.resources)
 
     def submit(self, path, job, prediction, name: str, stem: str, *, pixels: int = 0) -> _Image:
         """Add an image to the open chunk (sent once full); a handle to wait on."""
@@ -220,9 +253,26 @@ class Cluster:
         return summary
 
 
+def _capacity(worker: dict[str, Any], need: dict[str, float]) -> int:
+    """How many tasks needing `need` a worker (as `scheduler_info` lists it) runs at once."""
+    have = worker.get("resources") or {}
+    fits = min(int(have.get(k, 0) // v) for k, v in need.items())
+    return min(fits, int(worker.get("nthreads", 1)))
+
+
+def resources_for(device: str) -> dict[str, float] | None:
+    """`--device cuda` on a cluster: each image's task takes one of a worker's declared GPUs
+    (`dask worker --resources GPU=1`); otherwise a task runs on any worker, on its GPU if it
+    has one (`--device auto`)."""
+    return {"GPU": 1} if str(device).startswith("cuda") else None
+
+
 @contextmanager
-def open_cluster(address: str, recipe) -> Iterator[Cluster]:
-    """`local:N` (N worker processes here, one thread each) or a scheduler's address."""
+def open_cluster(
+    address: str, recipe, *, resources: dict[str, float] | None = None
+) -> Iterator[Cluster]:
+    """`local:N` (N worker processes here, one thread each) or a scheduler's address.
+    `resources`: what each task asks of its worker; `local:N` workers then declare one each."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -247,14 +297,17 @@ def open_cluster(address: str, recipe) -> Iterator[Cluster]:
                     processes=True,
                     dashboard_address=None,
                     silence_logs=logging.ERROR,
+                    resources=resources,
                 ) as cluster,
                 Client(cluster) as client,
             ):
-                yield Cluster(client, recipe)
+                yield Cluster(client, recipe, resources=resources)
             return
         try:
             client = Client(address, timeout=30)
         except OSError as exc:
             raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         with client:
-            yield Cluster(client, recipe)
+            c = Cluster(client, recipe, resources=resources)
+            c.check_resources(address)
+            yield c

@@ -395,3 +395,72 @@ def test_a_chunk_cancelled_before_it_was_sent_never_goes_out():
     with pytest.raises(CancelledError):
         a.result()
     assert sent == []
+
+
+def test_device_cuda_on_a_cluster_needs_workers_that_declare_a_gpu(tmp_path):
+    src = _folder(tmp_path / "src", 2, 32)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as local,
+        pytest.raises(api.UsageError) as err,
+    ):
+        api.optimize(src, tmp_path / "out", cluster=local.scheduler_address, device="cuda")
+    msg = str(err.value)
+    assert "--resources GPU=1" in msg and "none of the 1 workers" in msg
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+class _Restrictions(SchedulerPlugin):
+    """The resources each of one run's tasks asked for, as the scheduler saw them."""
+
+    name = "imgtune-restrictions"
+
+    def __init__(self, scheduler, prefix: str) -> None:
+        self.scheduler, self.prefix, self.seen = scheduler, prefix, {}
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        ts = self.scheduler.tasks.get(key)
+        if ts is not None and str(key).startswith(self.prefix + "_"):
+            self.seen[str(key)] = dict(ts.resource_restrictions or {})
+
+
+def test_gpu_tasks_go_only_to_workers_that_declare_a_gpu_one_at_a_time(tmp_path):
+    # A worker with 2 threads and one declared GPU takes one image's task at a time (the
+    # window counts GPUs, not threads), and every task asks for the GPU. The suite stays on
+    # the CPU here (no CUDA in CI): what is tested is the routing.
+    from optimizer.batch import run_folder
+    from optimizer.image_job import Job
+    from optimizer.predictor import QualityPredictor
+    from optimizer.targets import parse_target
+
+    src = _folder(tmp_path / "src", 6, 48)
+    recipe = SuiteRecipe(("ssimulacra2",), device="cpu")
+    local = LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+        resources={"GPU": 1},
+    )  # fmt: skip
+    with (
+        local,
+        cluster.open_cluster(
+            local.scheduler_address, recipe, resources=cluster.resources_for("cuda")
+        ) as c,
+    ):
+        assert c.window() == 2  # 2 x one GPU, not 2 x two threads
+        c.client.run_on_scheduler(
+            lambda dask_scheduler, prefix: dask_scheduler.add_plugin(
+                _Restrictions(dask_scheduler, prefix)
+            ),
+            prefix=c.prefix,
+        )
+        job = Job.optimize(parse_target("ssimulacra2>=70"), ["jpeg"])
+        summary = run_folder(
+            src, tmp_path / "out", job, suite=recipe.build(), cluster=c,
+            predictor=QualityPredictor(),
+        )  # fmt: skip
+        seen = c.client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.plugins[_Restrictions.name].seen
+        )
+    assert summary.searched == 6 and summary.counts["written"] + summary.counts["kept"] == 6
+    assert seen and all(r == {"GPU": 1} for r in seen.values())
+    assert cluster.resources_for("auto") is None and cluster.resources_for("cpu") is None
