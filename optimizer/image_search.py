@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .probe_speed import MAX_DROP, fast_recipe, just_passing, margin_slope
+from .probe_speed import MAX_DROP, UNLEARNT_STEPS, fast_recipe, just_passing, margin_slope
 from .quality_search import Probe, SearchResult, bytes_per_margin, cannot_win, lowest_passing
 from .recipe import Candidate
 from .search import ImageSet
@@ -90,7 +90,8 @@ class ImageSearch:
     ) -> None:
         """The fast search's find confirmed at `base`'s own speed: one encode where that speed
         should just pass (the fast probes' margin line, moved down by the margin `gain` it had
-        over them on earlier images; none known: not moved), and only if that misses, one where
+        over them on earlier images; none learnt yet: a quality step's worth), and only if
+        that misses, one where
         its own margin says it passes, then the found quality. Where it passes so far above
         that the speeds plainly disagree (flat graphics), a search at its speed from there.
         The margin gained is noted in `gains`. Each pass becomes the best if smaller (or,
@@ -106,11 +107,13 @@ class ImageSearch:
                 found.margin
             )
             return
-        q = min(max(lo, just_passing(top, found.margin + (gain or 0.0), slope)), top)
+        if gain is None:  # nothing learnt yet (a run's first image): a step's worth
+            gain = UNLEARNT_STEPS * slope
+        q = min(max(lo, just_passing(top, found.margin + gain, slope)), top)
         first = self._confirming(base.with_quality(q), found)
         self.gains[base.codec] = first.margin - (found.margin - slope * (top - q))
         if not first.passed:  # just missed, as a rule: up its own margin, else the found one
-            up = min(just_passing(q, first.margin, slope), top)
+            up = min(max(just_passing(q, first.margin, slope), q + 1), top)
             missed = up >= top or not self._confirming(base.with_quality(up), found).passed
             if missed and q < top:
                 self._confirming(base.with_quality(top), found)

@@ -6,7 +6,7 @@ quality and score a little lower. So the search probes at `probe_speed`, and the
 encoded at the recipe's speed where that should just pass: the fast probes' margin line (the
 margin per quality step next to the lowest fast pass) moved down by the margin speed 6 gained
 over speed 9 on earlier images of the run (`QualityPredictor` learns it, like the start
-quality; on a run's first image none is known and the line is not moved). That encode is
+quality; on a run's first image, one quality step's worth). That encode is
 scored; only if it misses, one more where its own margin says it passes, then the found
 quality itself. Where speed 6 passes so far above the line that the speeds plainly disagree
 (flat graphics: speed 9 drops AVIF's screen-content tools), speed 6 is searched from there.
@@ -32,6 +32,7 @@ from .recipe import Candidate
 __all__ = [
     "DEFAULT_PROBE_SPEED",
     "MAX_DROP",
+    "UNLEARNT_STEPS",
     "fast_recipe",
     "just_passing",
     "margin_slope",
@@ -41,6 +42,9 @@ __all__ = [
 #: AVIF speed of the search's probes: 9, measured against 8 (twice the time, closer
 #: qualities) and 10 (the same files as 9 with this libavif): `benchmarks/RESULTS.md`
 DEFAULT_PROBE_SPEED = 9
+#: quality steps of margin speed 6 is taken to gain over speed 9 before a run has learnt it
+#: (its first image): it needed 1-4 steps fewer on every Kodak image
+UNLEARNT_STEPS = 1
 #: quality steps: where the recipe's speed passes with a margin that puts its crossing further
 #: below, the speeds disagree on this image (their offset is 1-4 steps on photos)
 MAX_DROP = 8
