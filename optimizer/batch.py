@@ -200,16 +200,28 @@ def run_folder(
 #: `POWERS_UNTIL` images, every power of two before it (1, 2, 4, ...) or all but the last
 #: `PREDICTION_LAG`; after that, all but the last eighth. Fixed, so what a run writes does not
 #: depend on --jobs or --cluster, nor on which image finished first; and the lag grows with
-#: the folder, so a cluster of any size finds images to run (at most k - horizon(k) in flight:
-#: 125 at image 1,000, 1,250 at image 10,000) and never waits for every image to finish.
+#: the folder (up to `MAX_LAG`), so a large cluster finds images to run (at most
+#: k - horizon(k) in flight: 125 at image 1,000, 1,250 at image 10,000) and never waits for
+#: every image to finish.
 PREDICTION_LAG = 16
 POWERS_UNTIL = 128
+#: the most images a prediction may lag by (what waits to be learnt is a few hundred bytes each)
+MAX_LAG = 4096
+
+
+@dataclass(frozen=True)
+class _Learnt:
+    """What an image taught the predictor, kept until the images after it may learn it."""
+
+    found: dict[str, int]
+    winner: str | None
+    gains: dict[str, float]
 
 
 def horizon(k: int) -> int:
     """How many of the images before image k its quality predictions may learn from."""
     if k >= POWERS_UNTIL:
-        return k - max(PREDICTION_LAG, k // 8)
+        return k - max(PREDICTION_LAG, min(k // 8, MAX_LAG))
     power = 1 << (k.bit_length() - 1) if k else 0
     return max(power, k - PREDICTION_LAG)
 
@@ -243,14 +255,14 @@ class _FolderRun:
     predictor: QualityPredictor
     names: dict[Path, str]  # source -> output stem
     key: str  # the job's settings, as the manifest records them
-    found: dict[int, ImageResult | dict[str, Any]] = field(default_factory=dict)
+    found: dict[int, _Learnt | dict[str, Any]] = field(default_factory=dict)
     learned: int = 0
 
     def learn_until(self, end: int) -> None:
         """Teach the predictor what images [learned, end) needed, in input order."""
         while self.learned < end:
             r = self.found.pop(self.learned, None)
-            if isinstance(r, ImageResult):
+            if isinstance(r, _Learnt):
                 for codec, quality in r.found.items():
                     self.predictor.record(codec, quality, codec == r.winner, r.gains.get(codec))
             elif r is not None and r.get("found") is not None:  # up to date: as if just done
@@ -305,7 +317,9 @@ class _FolderRun:
                 Status.SKIPPED,
                 error=f"{slot.path}: {why}; its output was not written (please report this)",
             )
-        self.found[slot.index] = r
+        # Only what the predictor will learn from it waits for its turn, not the output's bytes
+        # (up to `MAX_LAG` images wait).
+        self.found[slot.index] = _Learnt(r.found, r.winner, r.gains)
         try:
             return self._write(slot, r)
         except OutputUnwritableError:

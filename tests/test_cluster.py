@@ -76,6 +76,7 @@ def test_horizon_learns_from_a_fixed_set_of_earlier_images():
     assert min(k - horizon(k) for k in range(128, 20000)) >= 16
     assert 1000 - horizon(1000) == 125 and 10_000 - horizon(10_000) == 1250
     assert min(k - horizon(k) for k in range(4096, 4200)) >= 4096 // 8
+    assert 10**7 - horizon(10**7) == 4096  # what waits to be learnt stays bounded
 
 
 def test_a_local_cluster_writes_the_same_files_as_one_thread(tmp_path):
