@@ -1,8 +1,8 @@
 """Quality searched at a fast encoder speed, the output encoded at the recipe's own.
 
 A per-image search spends most of its time in AVIF encodes: at the default speed 6 one encode
-takes about eight to ten times as long as at speed 9, whose files are some 5-7% larger at one
-quality and score a little lower. So the search probes at `probe_speed`, and the output is
+takes six to ten times as long as at speed 9, whose files are some 5-7% larger at one quality
+and score a little lower. So the search probes at `probe_speed`, and the output is
 encoded at the recipe's speed where that should just pass: the fast probes' margin line (the
 margin per quality step next to the lowest fast pass) moved down by the margin speed 6 gained
 over speed 9 on earlier images of the run (`QualityPredictor` learns it, like the start
@@ -39,8 +39,8 @@ __all__ = [
     "parse",
 ]
 
-#: AVIF speed of the search's probes: 9, measured against 8 (twice the time, closer
-#: qualities) and 10 (the same files as 9 with this libavif): `benchmarks/RESULTS.md`
+#: AVIF speed of the search's probes: 9, timed against 8 (four times as long, its qualities
+#: nearer speed 6's) and 10 (the same files as 9 with libavif 1.4); `benchmarks/RESULTS.md`
 DEFAULT_PROBE_SPEED = 9
 #: quality steps of margin speed 6 is taken to gain over speed 9 before a run has learnt it
 #: (its first image): it needed 1-4 steps fewer on every Kodak image

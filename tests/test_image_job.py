@@ -218,6 +218,23 @@ def test_avif_is_searched_fast_and_written_at_its_own_speed_when_that_passes_no_
             assert o.encodes == len(seen) and "avif" in r.gains
 
 
+def test_apply_refine_probes_fast_too_and_apply_alone_encodes_the_recipe_once(
+    images, suite, monkeypatch
+):
+    seen = _scored(monkeypatch)
+    recipe = Candidate.make("avif", 90)
+    r = optimize_image(
+        images[1], Job.apply(recipe, TARGET, refine=True), suite=suite, prediction=Prediction()
+    )
+    speeds = [dict(c.options)["speed"] for c in seen]
+    assert seen[0] == recipe.with_options(speed=9)  # from the preset's quality, at speed 9
+    assert speeds[-1] == 6 and r.outcome.status == Status.WRITTEN
+    assert _reencoded(images[1], r.outcome.params) == r.payload
+    seen.clear()
+    r = optimize_image(images[1], Job.apply(recipe, TARGET), suite=suite, prediction=Prediction())
+    assert seen == [recipe] and _reencoded(images[1], r.outcome.params) == r.payload
+
+
 def test_where_the_fast_speed_cannot_pass_or_is_larger_the_recipe_speed_decides(suite):
     # A flat graphic with small text: AVIF at speed 9 drops the screen-content tools, its files
     # are twice speed 6's and score lower, so the fast search gives up on the source's size;
