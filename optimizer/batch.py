@@ -54,9 +54,9 @@ from .outdir import (
 from .predictor import QualityPredictor
 
 #: peak bytes an image's search holds per source pixel (decoded source, transformed copy, encoder
-#: buffers, prepared reference, metric working set), for the default target: 222-251 measured at
-#: 6 MP, 169 at 25 MP (python -m benchmarks.bench_image_memory; benchmarks/RESULTS.md)
-WORKING_SET_PER_PIXEL = 260
+#: buffers, prepared reference, metric bands), for the default target, with some room: the
+#: measured peaks are in benchmarks/RESULTS.md (python -m benchmarks.bench_image_memory)
+WORKING_SET_PER_PIXEL = 100
 
 __all__ = ["RunSummary", "run_folder"]
 
