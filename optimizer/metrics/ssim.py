@@ -8,8 +8,8 @@ use_sample_covariance=False, data_range=1)` and `pytorch_msssim.ms_ssim(data_ran
 
 Memory: the Gaussian statistics of the candidates are computed in horizontal bands sized so
 the working set stays under `band_bytes` (32 MiB by default on the CPU) whatever the image
-size; what persists is the prepared reference (3 floats per pixel and channel per scale) and, for SSIM's worst-region
-pooling, one float per pixel per candidate.
+size; what persists is the prepared reference (3 floats per pixel and channel per scale) and,
+for SSIM's worst-region pooling, one float per pixel per candidate.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: side of the square tiles over which SSIM's worst-region value (`ssim_p5`) is pooled
 TILE = 32
 #: a band's working set: small on the CPU, where a band that stays in cache is faster (see
-#: benchmarks/RESULTS.md, "Implementation choices"), large on CUDA, where parallelism needs work
+#: benchmarks/RESULTS.md, "Band size of the banded metrics"), large on CUDA (parallelism)
 BAND_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 
 

@@ -85,8 +85,8 @@ WEIGHTS = (
     0.0, 0.0, 0.0, 0.0005130064588990679, 0.0, 0.00010854057858411537,
 )  # fmt: skip
 #: a band's working set per candidate: small on the CPU, where a band that stays in cache scores
-#: faster (benchmarks/RESULTS.md, "Implementation choices"), large on CUDA, where parallelism
-#: needs work
+#: faster (benchmarks/RESULTS.md, "Band size of the banded metrics"), large on CUDA, where
+#: parallelism needs work
 BAND_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 MIN_BAND_ROWS = 64
 #: backgrounds (sRGB-encoded grey) the reference tool composites alpha over; the lower score counts
