@@ -8,10 +8,10 @@ and the cgroup quota.
 Under contention (another busy process on the same cores: a CI runner, a shared server),
 OpenMP's default wait policy makes each of torch's threads spin at the end of every parallel
 region until the slowest one arrives; one descheduled thread then stalls the others. Measured
-here (benchmarks/RESULTS.md, "Thread pools under contention"): SSIMULACRA2 on a 512x512 image
-with two torch threads took 9x as long as with one while other processes kept the cores busy;
-with a passive wait policy, 1.5x. `passive_wait()` sets it for this process and its children,
-unless the user set it; it must run before torch loads OpenMP (`optimizer` runs it at import).
+(benchmarks/RESULTS.md, "Thread pools under contention"): `optimize --jobs 1` beside one busy
+process took twice as long as alone with spinning threads, 1.4x with passive ones.
+`passive_wait()` sets that policy for this process and its children, unless the user set it;
+it must run before torch loads OpenMP (`optimizer` runs it at import).
 """
 
 from __future__ import annotations

@@ -109,6 +109,21 @@ def _freeze_mid_trial(
     raise AssertionError("no worker ran a trial to stop")
 
 
+def _journal_study(journal: Path, name: str):
+    """A function that returns study `name` of the journal file once the file exists (None
+    before), its storage opened once."""
+    opened = []
+
+    def open_study():
+        if not journal.is_file():
+            return None
+        if not opened:
+            opened.append(StorageSpec.parse(str(journal)).open())
+        return _opener(opened[0], name)()
+
+    return open_study
+
+
 def _opener(storage, name: str):
     def open_study():
         try:
@@ -199,14 +214,7 @@ def journal_run(tmp_path_factory):
         cwd=root, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        opened = []
-
-        def open_study():
-            if not journal.is_file():
-                return None
-            if not opened:
-                opened.append(StorageSpec.parse(str(journal)).open())
-            return _opener(opened[0], name)()
+        open_study = _journal_study(journal, name)
 
         child, killed = _kill_mid_trial(open_study, proc, lambda pid: pid != proc.pid)
         stdout, stderr = proc.communicate(timeout=300)
@@ -415,14 +423,7 @@ def _freeze_worker(folder: Path, cwd: Path, *args: str):
         _tune_cmd(folder, "--trials", "50", *args), cwd=cwd, env=ENV,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    opened = []
-
-    def open_study():
-        if not journal.is_file():
-            return None
-        if not opened:
-            opened.append(StorageSpec.parse(str(journal)).open())
-        return _opener(opened[0], name)()
+    open_study = _journal_study(journal, name)
 
     def lock_free() -> bool:  # frozen holding the journal's lock, it would block every reader
         import fcntl
