@@ -43,7 +43,10 @@ def test_quota_caps_the_affinity_mask(monkeypatch):
     assert cpus.available() == 1
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity masks")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"),
+    reason="os.sched_setaffinity is Linux-only: this platform cannot pin a process to one core",
+)
 def test_a_pinned_process_counts_only_its_cores():
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
