@@ -191,16 +191,38 @@ def _fmt_compile(r: dict) -> str:
     return f"{r['kernels']}" + (f" ({r['compile_s']:.0f} s to compile)" if r["compile_s"] else "")
 
 
+def machine_line(device: str) -> str:
+    """The machine that produced a table: CPU threads, and the GPU by name on CUDA."""
+    gpu = f"{torch.cuda.get_device_name(0)}, " if device == "cuda" else ""
+    return (
+        f"Machine: {gpu}{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"torch threads, Python {platform.python_version()}, torch {torch.__version__}; "
+        f"date {date.today().isoformat()}  "
+    )
+
+
 def write_results(
     rows: list[dict], s2rows: list[dict], command: str, weights_note: str, pypi_values
 ) -> None:
+    """One RESULTS.md section per device kind, so a CUDA run (on a lent GPU machine) does not
+    replace the CPU rows measured on the CI-sized machine, and the reverse."""
+    for kind in dict.fromkeys(r["device"].split(":")[0] for r in rows + s2rows):
+        _write_device(
+            kind,
+            [r for r in rows if r["device"].split(":")[0] == kind],
+            [r for r in s2rows if r["device"].split(":")[0] == kind],
+            command,
+            weights_note,
+            pypi_values,
+        )
+
+
+def _write_device(kind, rows, s2rows, command, weights_note, pypi_values) -> None:
     lines = [
-        "## Metric throughput at 768x512",
+        "## Metric throughput at 768x512" + (" on CUDA" if kind == "cuda" else ""),
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
-        f"threads, Python {platform.python_version()}, torch {torch.__version__}; "
-        f"date {date.today().isoformat()}  ",
+        machine_line(kind),
         f"LPIPS backbone: {weights_note}",
         "",
         f"### Composite (LPIPS + SSIM + PSNR) candidates per second against the {BASELINE}",
@@ -222,15 +244,10 @@ def write_results(
         "reference prepared once (SSIM statistics, LPIPS features), candidates scored under a "
         "pixel budget (one at a time on the CPU, measured fastest there; large batches on "
         "CUDA), LPIPS channels-last on the CPU. Goal: at least 3x.",
-        "",
-        "Where the CPU time goes (torch's profiler at 768x512, 2 cores): one AlexNet forward "
-        "costs 85-100 ms (oneDNN convolutions near the cores' peak; torch.compile of the "
-        "backbone was slower) and the baseline pays two, so caching the reference saves at most "
-        "half of LPIPS. SSIM's blurs run as banded matrix products along the height "
-        "(`optimizer/metrics/_blur.py`, 9 ms instead of 34 ms for the vertical pass of nine "
-        "planes); eager SSIM still spends most of its time in unfused elementwise passes, "
-        "which `--compile` fuses. So eager scoring stays near 2x and compiled reaches about "
-        "3x; the ceiling with exact numbers is LPIPS's one forward.",
+    ]
+    if kind == "cpu":
+        lines += _CPU_PROFILE
+    lines += [
         "",
         "### SSIMULACRA2 pairs per second against the `ssimulacra2` package on PyPI",
         "",
@@ -251,6 +268,14 @@ def write_results(
         "candidates scored one at a time through the suite (uint8 in, score out). PyPI: "
         "`compute_ssimulacra2(ref.png, cand.png)` per pair (its API; PNG decoding is ~2% of its "
         "time). Goal: at least 5x on the CPU.",
+    ]
+    if pypi_values:
+        lines += _pypi_table(ours, pypi_values)
+    write_section(RESULTS, "bench_metrics" + ("" if kind == "cpu" else f"_{kind}"), lines)
+
+
+def _pypi_table(ours: list[float], pypi_values: list[float]) -> list[str]:
+    return [
         "",
         "Scores on the same pairs (JPEG q30..q95 of coffee at 768x512), showing the PyPI "
         "package's drift from the reference (ours matches the C++ build within 0.05 points on "
@@ -260,10 +285,23 @@ def write_results(
         "| ---: | ---: | ---: |",
         *(
             f"| {i + 1} | {a:.2f} | {b:.2f} |"
-            for i, (a, b) in enumerate(zip(ours, pypi_values or [], strict=False))
+            for i, (a, b) in enumerate(zip(ours, pypi_values, strict=False))
         ),
     ]
-    write_section(RESULTS, "bench_metrics", lines)
+
+
+#: where the CPU time goes (profiled on the CI-sized machine; not measured by this script)
+_CPU_PROFILE = [
+    "",
+    "Where the CPU time goes (torch's profiler at 768x512, 2 cores): one AlexNet forward "
+    "costs 85-100 ms (oneDNN convolutions near the cores' peak; torch.compile of the "
+    "backbone was slower) and the baseline pays two, so caching the reference saves at most "
+    "half of LPIPS. SSIM's blurs run as banded matrix products along the height "
+    "(`optimizer/metrics/_blur.py`, 9 ms instead of 34 ms for the vertical pass of nine "
+    "planes); eager SSIM still spends most of its time in unfused elementwise passes, "
+    "which `--compile` fuses. So eager scoring stays near 2x and compiled reaches about "
+    "3x; the ceiling with exact numbers is LPIPS's one forward.",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
