@@ -50,6 +50,37 @@ CHUNK_IMAGES = 8
 MESSAGE_LOG = 50
 
 
+#: glibc's mallopt parameters (malloc.h) and the values its dynamic thresholds grow to at most
+#: on 64-bit: allocations up to 32 MiB come from the heap and are reused, not mapped afresh
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_MAX = 32 * 1024 * 1024
+
+
+def restore_malloc_thresholds() -> bool:
+    """Undo, in this worker process, what Dask's nanny environment does to glibc's malloc.
+
+    The nanny starts every worker with `MALLOC_TRIM_THRESHOLD_=65536` (Dask's
+    `distributed.nanny.pre-spawn-environ`). Setting it freezes glibc's mmap threshold at
+    128 KiB, so every array of an image job (most are megabytes) is a fresh mmap, page-faulted
+    and zeroed, then unmapped: `--cluster local:2` on Kodak 24 spent 33 s of its 54 in the
+    kernel, against 3 s with glibc's own thresholds (36.7 s in all; benchmarks/RESULTS.md).
+    Here the thresholds are set to the ceiling glibc's dynamic ones reach on their own. Only
+    when that variable is set (a Dask worker) and malloc is glibc's; returns whether it did.
+    """
+    import ctypes
+    import os
+
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to undo
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX) and mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_MAX))
+
+
 def remote_optimize(path: Path, job, recipe, prediction, name: str, stem: str):
     """`optimize_image` on a worker, with the worker's own copy of the suite (built on first
     use in each worker process, then reused by every task there)."""
@@ -57,6 +88,7 @@ def remote_optimize(path: Path, job, recipe, prediction, name: str, stem: str):
 
     suite = _SUITES.get(recipe)
     if suite is None:
+        restore_malloc_thresholds()
         suite = _SUITES[recipe] = recipe.build()
     return optimize_image(path, job, suite=suite, prediction=prediction, name=name, stem=stem)
 
