@@ -51,8 +51,17 @@ __all__ = [
 
 #: what `score` measures unless told otherwise
 DEFAULT_METRICS = "lpips,ssim,ms_ssim,psnr,ssimulacra2"
-#: where `tune` keeps its studies, score caches, presets, trial tables and reports
+#: where `tune` keeps its studies, score caches, presets, trial tables and reports, and
+#: `optimize` its learnt quality model, unless told (or `IMGTUNE_STUDIES` says) otherwise
 STUDIES = Path("studies")
+
+
+def studies_dir(studies: PathLike | None = None) -> Path:
+    """`studies`, else `$IMGTUNE_STUDIES`, else ``studies/`` (in the working directory)."""
+    if studies is not None:
+        return Path(studies)
+    return Path(os.environ.get("IMGTUNE_STUDIES") or STUDIES)
+
 
 PathLike = str | os.PathLike[str]
 
@@ -266,7 +275,8 @@ def tune(
     follow_symlinks: bool = False,
     max_pixels: int | None = None,
     animated: AnimatedPolicy = "refuse",
-    studies: PathLike = STUDIES,
+    studies: PathLike | None = None,
+    learn: bool = True,
     on_trial: Callable[[Evaluation], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_skip: Callable[[ImageError], None] | None = None,
@@ -334,6 +344,9 @@ def tune(
         How the folder is read (links out of it, the decompression-bomb limit, animations).
     studies:
         The folder of studies, score caches, presets and reports.
+    learn:
+        Add the study's scored encodes to the quality model kept in `studies` (what each image
+        needed, per codec option), which `optimize` starts its searches from.
     on_trial, on_progress, on_skip, on_note:
         Called after each of this process's trials (`Evaluation`), with the whole study's
         (finished trials, goal), for each image skipped, and with notes.
@@ -382,7 +395,7 @@ def tune(
             on_note(notes[-1])
         if not chosen:
             raise UsageError("no codec left to search: JPEG needs a background for transparency")
-    studies = Path(studies)
+    studies = studies_dir(studies)
     # Scores persist per image set (not per target): a resumed or re-targeted run reuses them,
     # and so do the --workers processes, which build the same set from this recipe.
     recipe = ImageSetSpec(
@@ -417,6 +430,7 @@ def tune(
         notes.append(n)
         if on_note:
             on_note(n)
+    _learn_from_study(images, tgt, studies if learn else None)
     # Every study gets its trials table locally, whatever storage holds the study itself.
     csv_path = atomic_write_text(
         studies / f"{name}.trials.csv", study.study.trials_dataframe().to_csv(index=False)
@@ -446,6 +460,15 @@ def tune(
             ),
         )
     return result
+
+
+def _learn_from_study(images: ImageSet, target: Target, studies: Path | None) -> None:
+    """The study's scored encodes, as observations for the user's quality model."""
+    from .model_search import observations_from_set
+
+    learner = model_learner(target, "auto", studies=studies) if studies is not None else None
+    if learner is not None:
+        learner.add(observations_from_set(images, target, float(target.clauses[0].value)))
 
 
 def _write_set(images: ImageSet, cand: Candidate, *, folder: Path, out: Path) -> list[dict]:
@@ -484,6 +507,9 @@ def optimize(
     weights: PathLike | None = None,
     device: str = "auto",
     compile: bool = False,
+    model: str | PathLike | None = "auto",
+    learn: bool = True,
+    studies: PathLike | None = None,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
@@ -534,6 +560,13 @@ def optimize(
         working set fits; one larger than the budget runs alone.
     follow_symlinks, max_pixels, animated, weights, device, compile:
         As for `tune`.
+    model:
+        Where each image's search starts (`model_learner`): ``"auto"`` (the learned model of
+        the quality an image needs, from its features: shipped for ssimulacra2 targets and
+        refined by the user's runs in `studies`), ``"off"`` (what earlier images of the run
+        needed), or a model file.
+    learn, studies:
+        Whether this run's results refine the model kept in `studies` (default ``studies/``).
     on_start, on_result, on_warning:
         Called with the number of images, with each `ImageOutcome` in input order, and with
         warnings (e.g. invalid manifest lines ignored).
@@ -564,11 +597,43 @@ def optimize(
         max_height=max_height, tolerance=tolerance, max_pixels=_limit(max_pixels),
         animated=check_animated(animated), probe_speed=parse_probe_speed(probe_speed),
     )  # fmt: skip
+    learner = model_learner(tgt, model, studies=studies_dir(studies) if learn else None)
     return _run_folder(
         src, out, job, QualityPredictor(start), jobs=jobs, cluster=cluster,
         memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
         compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
+        learner=learner,
     )  # fmt: skip
+
+
+def model_learner(target: Target, model: str | PathLike | None, *, studies: PathLike | None):
+    """The run's learned quality model (`quality_model.ModelLearner`), or None.
+
+    `model`: "auto" (the model shipped for the target's metric, if there is one, updated by the
+    user's observations in `studies`), "off" or None (no model: each image's search starts from
+    what earlier images of the run needed), or the path of a model file. `studies`: where the
+    user's observations are kept and added to (None: neither read nor written)."""
+    from .quality_model import DEFAULT_MODEL, ModelLearner, QualityModel, store_path
+
+    if model in (None, "off"):
+        return None
+    if len(target.clauses) != 1 or target.clauses[0].op != ">=":
+        return None  # the model speaks to one lower bound on one metric
+    metric = target.clauses[0].metric
+    if model == "auto":
+        path = DEFAULT_MODEL.with_name(f"{metric}.json")
+        base = QualityModel.load(path) if path.exists() else None
+    else:
+        try:
+            base = QualityModel.load(Path(model))
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(
+                f"--model {model}: not a readable imgtune quality model ({exc})"
+            ) from None
+        if base.metric != metric:
+            raise UsageError(f"--model {model} is for {base.metric} targets, not {target}")
+    store = store_path(Path(studies), metric) if studies is not None else None
+    return ModelLearner(base, store, metric)
 
 
 def apply(
@@ -726,7 +791,7 @@ def report(
     storage: str | None = None,
     images: PathLike | None = None,
     out: PathLike | None = None,
-    studies: PathLike = STUDIES,
+    studies: PathLike | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> Path:
     """Write one self-contained HTML report of a stored study (a name in `studies/`, kept in
@@ -735,7 +800,7 @@ def report(
     differs most. Returns the report's path."""
     from .report import build_report, write_report
 
-    studies = Path(studies)
+    studies = studies_dir(studies)
     name, st, _ = _load_stored_study(study, storage, studies)
     preset_path = studies / f"{name}.preset.json"
     preset = load_preset(preset_path) if preset_path.is_file() else None
@@ -830,7 +895,7 @@ def preset(
     out: PathLike | None = None,
     weights: PathLike | None = None,
     device: str = "auto",
-    studies: PathLike = STUDIES,
+    studies: PathLike | None = None,
 ) -> Path:
     """Write the preset of a stored study now, from its best feasible trial: what `tune` writes
     at the end of a run, for a study other processes may still be adding to.
@@ -848,7 +913,7 @@ def preset(
     from .presets import assemble_preset
     from .recipe import Candidate
 
-    studies = Path(studies)
+    studies = studies_dir(studies)
     name, st, spec = _load_stored_study(study, storage, studies)
     attrs = st.user_attrs
     record, output = attrs.get("spec"), attrs.get("output")

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ def run_folder(
     jobs: int = 1,
     follow_symlinks: bool = False,
     predictor: QualityPredictor | None = None,
+    learner: Any = None,
     memory: int | None = None,
     cluster: Any = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
@@ -168,6 +169,7 @@ def run_folder(
             manifest=manifest,
             job=job,
             predictor=predictor or QualityPredictor(),
+            learner=learner,
             names=output_names([p for p in listed if isinstance(p, Path)], src_root),
             key=job.key(suite.describe()),
         )
@@ -216,6 +218,7 @@ class _Learnt:
     found: dict[str, int]
     winner: str | None
     gains: dict[str, float]
+    observations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def horizon(k: int) -> int:
@@ -257,6 +260,8 @@ class _FolderRun:
     key: str  # the job's settings, as the manifest records them
     found: dict[int, _Learnt | dict[str, Any]] = field(default_factory=dict)
     learned: int = 0
+    #: the learned quality model and the user's observations (`quality_model.ModelLearner`)
+    learner: Any = None
 
     def learn_until(self, end: int) -> None:
         """Teach the predictor what images [learned, end) needed, in input order."""
@@ -265,6 +270,8 @@ class _FolderRun:
             if isinstance(r, _Learnt):
                 for codec, quality in r.found.items():
                     self.predictor.record(codec, quality, codec == r.winner, r.gains.get(codec))
+                if self.learner is not None:
+                    self.learner.add(r.observations)
             elif r is not None and r.get("found") is not None:  # up to date: as if just done
                 won = r.get("codec") if r["status"] == Status.WRITTEN else None
                 gains = r.get("gains") or {}
@@ -319,7 +326,7 @@ class _FolderRun:
             )
         # Only what the predictor will learn from it waits for its turn, not the output's bytes
         # (up to `MAX_LAG` images wait).
-        self.found[slot.index] = _Learnt(r.found, r.winner, r.gains)
+        self.found[slot.index] = _Learnt(r.found, r.winner, r.gains, r.observations)
         try:
             return self._write(slot, r)
         except OutputUnwritableError:
@@ -403,6 +410,8 @@ def _drive(
                 ):
                     emit()
                 prediction = run.predictor.snapshot(codecs)
+                if run.learner is not None:
+                    prediction = replace(prediction, model=run.learner.current())
                 slot.future = submit(
                     slot.path, run.job, prediction, slot.rel, slot.stem, pixels=slot.pixels
                 )

@@ -30,6 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+from . import model_search
 from .codecs import CODECS
 from .image_search import ImageSearch
 from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, load
@@ -202,6 +203,8 @@ class ImageResult:
     gains: dict[str, float] = field(default_factory=dict)
     #: the codec of the output, if an encode was chosen
     winner: str | None = None
+    #: training rows for the learned model (`model_search.observations`)
+    observations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def stem_with(stem: str, suffix: str) -> str:
@@ -256,7 +259,28 @@ def optimize_image(
         return ImageResult(outcome)
     search = ImageSearch(images, job.target, resized=images.resized, source_bytes=src.file_bytes)
     found: dict[str, int] = {}
-    for codec in prediction.order([b.codec for b in fits]):
+    observed: list[dict[str, Any]] = []
+    t = (
+        model_search.model_target(prediction.model, job.target)
+        if job.search and job.mode == "optimize"
+        else None
+    )
+    modelled: set[str] = set()  # codecs the model's arms searched
+    if t is not None:
+        features = model_search.features_of(src, (w, h))
+        arms = model_search.plan(prediction.model, t, fits, features, grey=src.is_grey)
+        modelled = {b.codec for b in fits if prediction.model.knows(b.codec)}
+        results = model_search.run(
+            search, arms, bounds=job.bounds_for, tolerance=job.tolerance, flat=FLAT
+        )
+        for arm in arms:  # what the run's median predictor learns too
+            r = results[arm.name]
+            if r.best is not None and arm.base.codec not in found:
+                found[arm.base.codec] = r.best.quality
+        observed = model_search.observations(
+            results, features, t, w * h, lambda name: job.bounds_for(name.split(":")[0])[0]
+        )
+    for codec in prediction.order([b.codec for b in fits if b.codec not in modelled]):
         for base in (b for b in fits if b.codec == codec):
             if job.search:
                 q0, step = prediction.guess(codec)
@@ -278,7 +302,7 @@ def optimize_image(
         # Nothing passed, even at the top: on flat colour and small text the culprit is usually
         # chroma subsampling, not quality. Try the codecs that have 4:4:4 with it.
         for base in fits:
-            if dict(base.options).get("subsampling") != "4:2:0":
+            if dict(base.options).get("subsampling") != "4:2:0" or base.codec in modelled:
                 continue
             q0, step = prediction.guess(base.codec)
             q = base.quality
@@ -293,7 +317,7 @@ def optimize_image(
             )
     outcome.encodes = images.encodes
     gains = {c: g for c, g in search.gains.items() if c in found}  # the 4:4:4 retry's aside
-    result = ImageResult(outcome, found=found, gains=gains)
+    result = ImageResult(outcome, found=found, gains=gains, observations=observed)
     if search.best is not None:
         cand, values = search.best.result
         _, result.payload = images.render(images.items[0], cand)

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .errors import ImgtuneError, UsageError
+from .features import jpeg_quality
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -129,6 +130,8 @@ class SourceImage:
     file_bytes: int
     format: str
     notes: tuple[str, ...] = field(default=())
+    #: the IJG quality the source was saved at, when it is a JPEG (`features.jpeg_quality`)
+    jpeg_quality: int | None = None
 
     @property
     def height(self) -> int:
@@ -465,7 +468,11 @@ def load(
         file_bytes=size,
         format=fmt,
         notes=tuple(notes),
+        jpeg_quality=jpeg_quality(getattr(im, "quantization", None)) if fmt in _JPEGS else None,
     )
+
+
+_JPEGS = ("JPEG", "MPO")
 
 
 def _exif_orientation(im: Image.Image) -> int | None:

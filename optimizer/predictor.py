@@ -11,6 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["DEFAULT_START", "DEFAULT_STEP", "Prediction", "QualityPredictor"]
 
@@ -34,6 +35,8 @@ class Prediction:
     #: codec -> how much more margin the recipe's own encoder speed had than the probe speed's
     #: at one quality on earlier images, a cautious estimate (see `probe_speed`); absent: none
     gains: Mapping[str, float] = field(default_factory=dict)
+    #: the learned model (`quality_model`), without what only updating it needs; None: off
+    model: Any = None
 
     def guess(self, codec: str) -> tuple[int, int]:
         return self.guesses.get(codec, (DEFAULT_START.get(codec, FALLBACK_START), DEFAULT_STEP))

@@ -64,6 +64,7 @@ def lowest_passing(
     tolerance: int = 1,
     give_up: Callable[[Probe], bool] | None = None,
     flat: float | None = None,
+    settle: Callable[[Probe], bool] | None = None,
 ) -> SearchResult:
     """The lowest passing quality in `bounds` (inclusive), to within `tolerance` steps.
 
@@ -74,7 +75,9 @@ def lowest_passing(
     on every probe while bracketing and on every miss while narrowing (a pass found while
     narrowing is smaller than one already accepted). `flat`: two misses on the way up whose
     margins differ by less than `flat` per quality step end the search (quality is not what is
-    missing); None never gives up on that.
+    missing); None never gives up on that. `settle(p)`: True when a passing probe `p` passes by
+    so little that one quality step down would miss (its margin is under what a step changes):
+    it ends the search as the lowest pass without that step's probe.
     """
     lo, hi = bounds
     if lo > hi:
@@ -99,6 +102,8 @@ def lowest_passing(
         return stop()
     good = first if first.passed else None
     bad = None if first.passed else first
+    if good is not None and settle is not None and settle(good):
+        return SearchResult(good, order)
     last: Probe | None = None
     while good is None or bad is None:  # step out until the lowest pass is bracketed
         edge = bad if good is None else good
@@ -125,6 +130,8 @@ def lowest_passing(
             return stop()
         if p.passed:
             good = p if good is None or p.quality < good.quality else good
+            if settle is not None and good is p and settle(p):
+                return SearchResult(p, order)
         else:
             bad = p if bad is None or p.quality > bad.quality else bad
         last = edge
@@ -135,6 +142,8 @@ def lowest_passing(
         p = at(min(max(q, bad.quality + 1), good.quality - 1))
         if p.passed:
             good = p
+            if settle is not None and settle(p):
+                break
         else:
             if give_up and give_up(p):
                 return stop()

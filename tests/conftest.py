@@ -175,3 +175,10 @@ def pytest_collection_modifyitems(config, items):
     )
     for item in gpu:
         item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _own_studies(tmp_path_factory, monkeypatch):
+    """Each test its own studies folder (`IMGTUNE_STUDIES`): what `optimize` and `tune` learn
+    into the quality model must neither leak between tests nor land in the working tree."""
+    monkeypatch.setenv("IMGTUNE_STUDIES", str(tmp_path_factory.mktemp("studies")))

@@ -244,6 +244,28 @@ def optimize(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     compile: CompileOpt = False,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Where each image's search starts: 'auto' (a model of the quality an image "
+            "needs, learnt from its features: shipped for ssimulacra2 targets, refined by "
+            "every run's results in --studies), 'off' (what earlier images of this run "
+            "needed), or a model file."
+        ),
+    ] = "auto",
+    learn: Annotated[
+        bool,
+        typer.Option(
+            help="Add this run's results to the model kept in --studies (--no-learn: use it only)."
+        ),
+    ] = True,
+    studies: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the learnt model is kept, beside tune's studies (default "
+            "$IMGTUNE_STUDIES, else studies/)."
+        ),
+    ] = None,
 ) -> None:
     """Make every image of SRC as small as it can be while it still meets the target.
 
@@ -262,7 +284,7 @@ def optimize(
         max_width=max_width, max_height=max_height, jobs=jobs, cluster=cluster, memory=memory,
         follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
-        compile=compile,
+        compile=compile, model=model, learn=learn, studies=studies,
     )  # fmt: skip
     _finish(summary, as_json=as_json, out_dir=out_dir)
 

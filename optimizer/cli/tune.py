@@ -156,6 +156,13 @@ def tune(
     max_pixels: MaxPixelsOpt = None,
     animated: AnimatedOpt = "refuse",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    learn: Annotated[
+        bool,
+        typer.Option(
+            help="Add what the study learnt per image (the quality each codec option needed) "
+            "to the quality model in studies/, which optimize starts from (--no-learn: don't)."
+        ),
+    ] = True,
 ) -> None:
     """Find the smallest encoding recipe for a folder that still meets a quality target.
 
@@ -196,7 +203,8 @@ def tune(
             background=background, storage=storage, study_name=study_name,
             new_study=new_study, preset_out=preset_out, out=out_dir, weights=weights,
             device=device, compile=compile, report=report, follow_symlinks=follow_symlinks,
-            max_pixels=max_pixels, animated=animated, on_trial=on_trial, on_progress=on_progress,
+            max_pixels=max_pixels, animated=animated, learn=learn, on_trial=on_trial,
+            on_progress=on_progress,
             on_skip=lambda e: warn("skipped", str(e)), on_note=lambda n: warn("note", n, "cyan"),
         )  # fmt: skip
     if r.preset is None:
