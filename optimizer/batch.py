@@ -173,6 +173,10 @@ def run_folder(
             names=output_names([p for p in listed if isinstance(p, Path)], src_root),
             key=job.key(suite.describe()),
         )
+        if learner is not None:
+            # What this OUT's earlier runs of this job stored is learnt again, in order, from
+            # their manifest lines: a resumed run starts from what the first run started from.
+            learner.begin(_sha256(f"{out_root}\n{run.key}".encode())[:16])
         if cluster is None:
             with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="imgtune") as pool:
 
@@ -273,6 +277,8 @@ class _FolderRun:
                 if self.learner is not None:
                     self.learner.add(r.observations)
             elif r is not None and r.get("found") is not None:  # up to date: as if just done
+                if self.learner is not None:  # learnt again, not stored again
+                    self.learner.add(r.get("observations") or [], persist=False)
                 won = r.get("codec") if r["status"] == Status.WRITTEN else None
                 gains = r.get("gains") or {}
                 for codec, quality in r["found"].items():
@@ -358,6 +364,7 @@ class _FolderRun:
                 # which the written quality need not be), for a resumed run to learn the same
                 "found": r.found,
                 "gains": r.gains,
+                **({"observations": r.observations} if r.observations else {}),
             }
         )
         return outcome

@@ -82,6 +82,8 @@ def validate_entry(entry: Any) -> dict[str, Any]:
         and all(k in CODECS and _int(v) for k, v in (entry.get("found") or {}).items()),
         "gains": _opt(entry.get("gains"), dict)
         and all(k in CODECS and _finite(v) for k, v in (entry.get("gains") or {}).items()),
+        "observations": _opt(entry.get("observations"), list)
+        and all(_observation(o) for o in entry.get("observations") or []),
         "error": _opt(entry.get("error"), str),
         "meets_target": entry.get("meets_target") in (None, True, False),
         "scores": isinstance(entry.get("scores", {}), dict)
@@ -93,6 +95,18 @@ def validate_entry(entry: Any) -> dict[str, Any]:
     if bad:
         raise ValueError(f"field {bad[0]} is missing or not what imgtune writes")
     return entry
+
+
+def _observation(o: Any) -> bool:
+    """A training row for the quality model as imgtune writes it (`model_search`)."""
+    return (
+        isinstance(o, dict)
+        and isinstance(o.get("arm"), str)
+        and isinstance(o.get("features"), dict)
+        and all(isinstance(k, str) and _finite(v) for k, v in o["features"].items())
+        and all(_finite(o.get(k)) for k in ("target", "quality", "log_bpp"))
+        and _opt(o.get("slope"), (int, float))
+    )
 
 
 class Manifest:

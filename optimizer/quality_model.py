@@ -277,11 +277,21 @@ class ModelLearner:
 
     def __init__(self, base: QualityModel | None, store: Path | None, metric: str) -> None:
         self.base, self.store, self.metric = base, store, metric
+        self.run: str | None = None
         self.rows: list[dict] = _read_rows(store) if store else []
         self.model: QualityModel | None = None
         self._light: QualityModel | None = None
         self._fitted_at = -1
         self.added = 0
+        self._refit()
+
+    def begin(self, run: str) -> None:
+        """Name the run (its OUT and job): rows an earlier run of it stored are set aside, as
+        that run's manifest lines teach them again in input order (`add(persist=False)`), and
+        the rows this run stores carry the name."""
+        self.run = run
+        self.rows = [r for r in self.rows if r.get("run") != run]
+        self._fitted_at = -1
         self._refit()
 
     def _refit(self) -> None:
@@ -297,12 +307,15 @@ class ModelLearner:
         self._light = self.model.light() if self.model is not None else None
         self._fitted_at = n
 
-    def add(self, rows: Sequence[Mapping]) -> None:
-        """An image's observations: stored, and learnt from at the next refit (after every
-        image while there are few, then after each eighth more)."""
+    def add(self, rows: Sequence[Mapping], *, persist: bool = True) -> None:
+        """An image's observations: stored (unless not `persist`: learnt again from a
+        manifest), and learnt from at the next refit (after every image while there are few,
+        then after each eighth more)."""
         if not rows:
             return
-        if self.store is not None:
+        if self.run is not None:
+            rows = [{**r, "run": self.run} for r in rows]
+        if self.store is not None and persist:
             lines = "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in rows)
             self.store.parent.mkdir(parents=True, exist_ok=True)
             with self.store.open("a") as fh:  # one write: whole lines, even beside another run
