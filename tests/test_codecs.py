@@ -30,7 +30,7 @@ def test_defaults_filled_and_hashable():
 @pytest.mark.parametrize(
     ("codec", "quality", "options", "match"),
     [
-        ("jpg", 80, {}, "unknown codec 'jpg'; known: jpeg, webp, avif, jxl"),
+        ("jpg", 80, {}, "unknown codec 'jpg'; known: jpeg, webp, avif, jxl, webp-lossless, png"),
         ("jpeg", 0, {}, r"quality must be an integer in \[1, 100\]"),
         ("webp", 101, {}, r"\[0, 100\]"),
         ("jpeg", 80, {"subsample": "4:4:4"}, "unknown jpeg option.*subsample.*subsampling"),
