@@ -2,6 +2,7 @@
 
 Every clause must hold. The direction of a clause must agree with its metric's (a target that asks
 `lpips>=0.1` asks for *worse* images); a malformed or contradictory clause names the bad token.
+`lossless` is the one target that is not a metric bound: pixel-identical outputs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .errors import UsageError
 from .metrics.catalog import DEFAULT_COMPOSITE_WEIGHTS, METRICS, OUTPUTS
 
 __all__ = [
+    "LOSSLESS",
     "QUALITY_LEVELS",
     "Aggregate",
     "Clause",
@@ -25,14 +27,19 @@ __all__ = [
     "resolve_target",
 ]
 
+#: the target (and quality level) of pixel-identical outputs: `Target.lossless`
+LOSSLESS = "lossless"
+
 #: named quality levels -> targets on SSIMULACRA2's published scale: 50 medium quality, 70 high
 #: (artifacts visible, not annoying), 80 very high (not noticeable side by side at 1:1), 90
-#: visually lossless. Our names are one step plainer: low, medium, high, lossless-looking.
+#: visually lossless. Our names are one step plainer: low, medium, high, lossless-looking; and
+#: `lossless`, which is no score but identical pixels.
 QUALITY_LEVELS: dict[str, str] = {
     "low": "ssimulacra2>=50",
     "medium": "ssimulacra2>=70",
     "high": "ssimulacra2>=80",
     "lossless-looking": "ssimulacra2>=90",
+    LOSSLESS: LOSSLESS,
 }
 
 _CLAUSE = re.compile(
@@ -63,17 +70,29 @@ class Clause:
         return f"{self.metric}{self.op}{self.value:g}"
 
 
+#: what `lossless` asks of scores, where something judges it by them (`imgtune score`): no
+#: error at all, which PSNR says exactly (infinite for identical pixels, never capped)
+_IDENTICAL = Clause("psnr", ">=", math.inf)
+
+
 @dataclass(frozen=True)
 class Target:
     clauses: tuple[Clause, ...]
+    #: `lossless`: outputs decode to the source's pixels. No clause (nothing to search or
+    #: margin to measure); `optimize` compares pixels, `failures` asks PSNR to be infinite.
+    lossless: bool = False
+
+    @property
+    def _checks(self) -> tuple[Clause, ...]:
+        return (_IDENTICAL,) if self.lossless else self.clauses
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(c.metric for c in self.clauses))
+        return tuple(dict.fromkeys(c.metric for c in self._checks))
 
     def failures(self, values: Mapping[str, float]) -> list[Clause]:
         """The clauses `values` miss (a clause whose metric is absent is a miss)."""
-        return [c for c in self.clauses if c.metric not in values or not c.holds(values[c.metric])]
+        return [c for c in self._checks if c.metric not in values or not c.holds(values[c.metric])]
 
     def met(self, values: Mapping[str, float]) -> bool:
         return not self.failures(values)
@@ -84,7 +103,7 @@ class Target:
         return min(c.margin(values[c.metric]) / max(abs(c.value), 1e-9) for c in self.clauses)
 
     def __str__(self) -> str:
-        return ",".join(str(c) for c in self.clauses)
+        return LOSSLESS if self.lossless else ",".join(str(c) for c in self.clauses)
 
     def needed_metrics(self, chosen: Sequence[str] | None = None) -> list[str]:
         """The metrics to build to judge this target. `chosen`: metrics the caller wants anyway
@@ -104,9 +123,11 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
-    """Parse `metric>=x` / `metric<=x` clauses joined by commas."""
+    """Parse `metric>=x` / `metric<=x` clauses joined by commas, or `lossless`."""
     if not text or not text.strip():
         raise TargetError("empty quality target: expected e.g. 'composite>=0.95'")
+    if text.strip() == LOSSLESS:
+        return Target((), lossless=True)
     clauses = []
     for token in text.split(","):
         m = _CLAUSE.match(token)
