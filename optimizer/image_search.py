@@ -64,6 +64,15 @@ class ImageSearch:
             # content tools at speed 9), so the recipe's own speed decides.
         return self._search(base, prune=prune, keep_first=keep_first, **search)
 
+    def offer(self, cand: Candidate) -> Probe:
+        """One recipe as it is (a lossless file: no quality to search), scored; it becomes the
+        best if it passes and is smaller."""
+        p = self.probe(cand)
+        self.probes.append(p)
+        if p.passed:
+            self._consider(p, None)
+        return p
+
     def _search(
         self,
         base: Candidate,

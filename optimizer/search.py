@@ -310,6 +310,15 @@ class ImageSet:
                 self.encoded[(item.source.sha256, cand)] = data
         return px, data
 
+    def encode(self, idx: int, cand: Candidate) -> bytes:
+        """`cand`'s file of image `idx`, not scored (a lossless one is compared by its bytes
+        first): counted in `encodes` and, with `keep_encoded`, kept, so that scoring or writing
+        it later encodes nothing and counts nothing more."""
+        _, data = self.render(self.items[idx], cand)
+        with self._lock:
+            self.encodes += 1
+        return data
+
     def default_jpeg_bytes(self) -> int:
         """Bytes of the common default for comparison: JPEG quality 85 at the output size
         (transparency flattened onto the background, white if none was given)."""
@@ -382,7 +391,8 @@ class ImageSet:
             pending = self._inflight.get(key)
             if pending is None:
                 self._inflight[key] = threading.Event()
-                self.encodes += 1
+                if self.encoded is None or key not in self.encoded:
+                    self.encodes += 1  # bytes kept by `encode` were counted there
         if pending is not None:
             pending.wait()
             return self.score(idx, cand)  # served from the cache (or retried if it failed)
