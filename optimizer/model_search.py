@@ -6,9 +6,10 @@ Per allowed codec, each of its options that the model knows is an arm (AVIF and 
 size the model expects at the quality that just passes; the first is searched, and the next
 ones only while their expected size is within `RANK_GAP` of the first's (the model's size
 guesses are good to a few percent: an arm expected 10% larger is not worth an encode). Each arm's
-search starts at the expected quality, steps by its uncertainty, and stops at a pass whose margin
-is under `SETTLE` of one quality step's worth (`quality_search.lowest_passing`'s `settle`): the
-step below would miss. Everything runs at the recipe's own encoder speed: the model replaces
+search starts at the expected quality, aims its next probe where the first one's margin says
+the target is crossed (the model's margin change per quality step), and stops at a pass whose
+margin is under one step's change (`quality_search.lowest_passing`'s `slope`): the step below
+would miss. Everything runs at the recipe's own encoder speed: the model replaces
 the cheap exploration that fast probes were for.
 """
 
@@ -26,12 +27,10 @@ from .quality_search import SearchResult
 from .recipe import Candidate
 from .targets import Target
 
-__all__ = ["RANK_GAP", "SETTLE", "Arm", "model_target", "observations", "plan", "run"]
+__all__ = ["RANK_GAP", "Arm", "model_target", "observations", "plan", "run"]
 
 #: search a further arm only while its expected bytes are within this factor of the best's
 RANK_GAP = 1.04
-#: a pass settles the search when its margin is under this share of one quality step's change
-SETTLE = 0.6
 
 
 @dataclass(frozen=True)
@@ -88,14 +87,9 @@ def run(
         g = arm.guess
         start = min(max(round(g.quality), lo), hi)
         step = max(1, round(g.quality_sd))
-        slope = g.slope
-
-        def settle(p, slope=slope) -> bool:
-            return p.margin < SETTLE * slope
-
         results[arm.name] = search.run(
             arm.base, start=start, step=step, bounds=(lo, hi), tolerance=tolerance,
-            probe_speed=None, settle=settle,
+            probe_speed=None, slope=g.slope,
             flat=flat if dict(arm.base.options).get("subsampling") == "4:2:0" else None,
         )  # fmt: skip
     return results

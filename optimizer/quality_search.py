@@ -24,6 +24,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+#: the fewest quality steps between two misses that `flat` judges (one step's change is within
+#: the noise of a score: it can be nothing where quality still matters)
+FLAT_SPAN = 3
+
 __all__ = ["Probe", "SearchResult", "cannot_win", "bytes_per_margin", "lowest_passing"]
 
 
@@ -64,7 +68,7 @@ def lowest_passing(
     tolerance: int = 1,
     give_up: Callable[[Probe], bool] | None = None,
     flat: float | None = None,
-    settle: Callable[[Probe], bool] | None = None,
+    slope: float | None = None,
 ) -> SearchResult:
     """The lowest passing quality in `bounds` (inclusive), to within `tolerance` steps.
 
@@ -75,9 +79,13 @@ def lowest_passing(
     on every probe while bracketing and on every miss while narrowing (a pass found while
     narrowing is smaller than one already accepted). `flat`: two misses on the way up whose
     margins differ by less than `flat` per quality step end the search (quality is not what is
-    missing); None never gives up on that. `settle(p)`: True when a passing probe `p` passes by
-    so little that one quality step down would miss (its margin is under what a step changes):
-    it ends the search as the lowest pass without that step's probe.
+    missing); None never gives up on that.
+
+    `slope`: how much the margin typically changes per quality step near the crossing (a
+    model's guess, > 0). With it, the first step from a single probe aims at the quality where
+    that probe's margin line crosses zero, and a pass whose margin is under one step's change
+    (the local slope of its nearest probes where there are two, else `slope`) settles the
+    search: the step below would miss, so it is not probed.
     """
     lo, hi = bounds
     if lo > hi:
@@ -97,12 +105,23 @@ def lowest_passing(
     def stop() -> SearchResult:
         return SearchResult(None, order, gave_up=True)
 
+    def settles(p: Probe) -> bool:
+        if slope is None or not p.passed:
+            return False
+        others = [o for o in order if o is not p and o.margin != p.margin]
+        local = slope
+        if others:
+            o = min(others, key=lambda o: abs(o.quality - p.quality))
+            s = (p.margin - o.margin) / (p.quality - o.quality)
+            local = s if s > 0 else slope
+        return p.margin < local
+
     first = at(start)
     if give_up and give_up(first):
         return stop()
     good = first if first.passed else None
     bad = None if first.passed else first
-    if good is not None and settle is not None and settle(good):
+    if good is not None and settles(good):
         return SearchResult(good, order)
     last: Probe | None = None
     while good is None or bad is None:  # step out until the lowest pass is bracketed
@@ -112,10 +131,14 @@ def lowest_passing(
             # Misses at the top (nothing passes) / passes at the bottom of the range.
             return SearchResult(good, order)
         q = edge.quality + direction * step
-        if last is not None:  # two probes on one side: aim at the zero crossing, a step past
+        if last is None and slope is not None and slope > 0:  # aim at the predicted crossing
+            aim = math.ceil(edge.quality - edge.margin / slope)  # its lowest pass
+            q = edge.quality + direction * max(direction * (aim - edge.quality), 1)
+        elif last is not None:  # two probes on one side: aim at the zero crossing, a step past
             if (
                 flat is not None
                 and direction > 0
+                and abs(edge.quality - last.quality) >= FLAT_SPAN  # a step or two is noise
                 and abs(edge.margin - last.margin) < flat * abs(edge.quality - last.quality)
             ):
                 return stop()
@@ -130,7 +153,7 @@ def lowest_passing(
             return stop()
         if p.passed:
             good = p if good is None or p.quality < good.quality else good
-            if settle is not None and good is p and settle(p):
+            if good is p and settles(p):
                 return SearchResult(p, order)
         else:
             bad = p if bad is None or p.quality > bad.quality else bad
@@ -142,7 +165,7 @@ def lowest_passing(
         p = at(min(max(q, bad.quality + 1), good.quality - 1))
         if p.passed:
             good = p
-            if settle is not None and settle(p):
+            if settles(p):
                 break
         else:
             if give_up and give_up(p):
