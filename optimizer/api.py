@@ -361,6 +361,7 @@ def tune(
     from .codecs import check_codecs, parse_colour, parse_quality_ranges
     from .files import atomic_write_text
     from .images import load_folder
+    from .lossless import lossy_only
     from .outdir import check_roots
     from .presets import build_preset
     from .search import STRATEGIES, ImageSet, SearchSpace
@@ -376,6 +377,7 @@ def tune(
     if out is not None:
         check_roots(folder, Path(out))  # now, not after the search
     chosen = check_codecs(codecs)
+    lossy_only("tune", tgt, chosen)
     bounds = parse_quality_ranges(quality_range, chosen)
     suite = build_suite(target=tgt, weights=weights, device=device, compile=compile)
     sources, skipped = load_folder(
@@ -489,7 +491,7 @@ def optimize(
     *,
     target: str | Target | None = None,
     quality: str = "high",
-    codecs: str | Sequence[str] = ("avif", "webp"),
+    codecs: str | Sequence[str] = ("avif", "webp", "webp-lossless", "png"),
     preset: PathLike | Preset | None = None,
     tolerance: int = 3,
     quality_range: str | dict[str, tuple[int, int]] | None = None,
@@ -528,8 +530,12 @@ def optimize(
     ----------
     target, quality:
         A quality target, else the named level (default ``high``: ``ssimulacra2>=80``).
+        ``lossless``: pixel-identical outputs, the smallest of the lossless codecs' files or
+        the source.
     codecs:
-        Codecs each image may use; the smallest passing output wins.
+        Codecs each image may use; the smallest passing output wins. The lossless ones
+        (``webp-lossless``, ``png``) are tried after the lossy search where cheap evidence (few
+        colours) says they may win (`optimizer.lossless`).
     preset:
         A preset (path or `Preset`): its target (unless `target` is given) and its quality as
         the first guess.
@@ -578,6 +584,7 @@ def optimize(
     """
     from .codecs import check_codecs, parse_colour, parse_quality_ranges
     from .image_job import Job
+    from .lossless import split_codecs
     from .predictor import QualityPredictor
     from .probe_speed import parse as parse_probe_speed
 
@@ -588,7 +595,10 @@ def optimize(
         if target is None:
             target = p.target
     tgt = resolve_target(target, quality)
-    chosen = check_codecs(codecs)
+    chosen, lossless = split_codecs(
+        tgt, check_codecs(codecs), resizes=max_width is not None or max_height is not None,
+        flattens=background is not None,
+    )  # fmt: skip
     if tolerance < 1:
         raise UsageError("tolerance must be at least 1")
     job = Job.optimize(
@@ -596,6 +606,7 @@ def optimize(
         best_effort=best_effort, background=parse_colour(background), max_width=max_width,
         max_height=max_height, tolerance=tolerance, max_pixels=_limit(max_pixels),
         animated=check_animated(animated), probe_speed=parse_probe_speed(probe_speed),
+        lossless=lossless,
     )  # fmt: skip
     learner = model_learner(tgt, model, studies=studies_dir(studies) if learn else None)
     return _run_folder(
@@ -669,13 +680,16 @@ def apply(
     `RunSummary`, as `optimize`.
     """
     from .image_job import Job
+    from .lossless import lossy_only
     from .predictor import QualityPredictor
     from .probe_speed import parse as parse_probe_speed
 
     p = preset if isinstance(preset, Preset) else load_preset(preset)
     max_w, max_h = p.max_size or (None, None)
+    tgt = resolve_target(target or p.target)
+    lossy_only("apply", tgt)
     job = Job.apply(
-        p.candidate, resolve_target(target or p.target), refine=refine, best_effort=best_effort,
+        p.candidate, tgt, refine=refine, best_effort=best_effort,
         background=p.background, max_width=max_w, max_height=max_h,
         max_pixels=_limit(max_pixels), animated=check_animated(animated),
         probe_speed=parse_probe_speed(probe_speed),

@@ -30,7 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from . import model_search
+from . import lossless, model_search
 from .codecs import CODECS
 from .image_search import ImageSearch
 from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, load
@@ -99,6 +99,9 @@ class Job:
     #: AVIF speed the search probes at (the output then encoded at the recipe's own speed, see
     #: `probe_speed`); None: probe at the recipe's speed
     probe_speed: int | None = DEFAULT_PROBE_SPEED
+    #: lossless recipes (`optimizer.lossless`): under a lossy target, tried after the search
+    #: where they may win; under the `lossless` target, the only ones
+    lossless: tuple[Candidate, ...] = ()
     #: how sources are read (not part of `key`: they change which files load, not an output)
     max_pixels: int = DEFAULT_MAX_PIXELS
     animated: AnimatedPolicy = "refuse"
@@ -136,9 +139,12 @@ class Job:
         # probe_speed only where it changes outputs: other jobs keep the keys they had before
         # it existed, so their outputs stay up to date
         fast = {"probe_speed": self.probe_speed} if self.fast_probes else {}
+        # and lossless recipes only where there are some, likewise
+        extra = {"lossless": [c.as_dict() for c in self.lossless]} if self.lossless else {}
         blob = json.dumps(
             {
                 **fast,
+                **extra,
                 "mode": self.mode,
                 "target": str(self.target),
                 "bases": [b.as_dict() for b in self.bases],
@@ -223,6 +229,8 @@ def optimize_image(
     """Search (or apply) `job` on one image. `name`: the source as reported (its path relative
     to SRC; default the file name); `stem`: its output's path relative to OUT without the
     extension (default `name` without its suffix). Reads `path`, writes nothing."""
+    if job.target.lossless:  # identical pixels: no search, no score (optimizer.lossless)
+        return lossless.optimize_image(path, job, suite=suite, name=name, stem=stem)
     rel = name or path.name
     stem = stem or Path(rel).with_suffix("").as_posix()
     try:
@@ -315,6 +323,7 @@ def optimize_image(
                 keep_first=False,
                 probe_speed=job.probe_speed if job.search else None,
             )
+    lossless.consider(search, images, job)  # a lossless file, where it may beat the lossy ones
     outcome.encodes = images.encodes
     gains = {c: g for c, g in search.gains.items() if c in found}  # the 4:4:4 retry's aside
     result = ImageResult(outcome, found=found, gains=gains, observations=observed)

@@ -160,7 +160,7 @@ QualityOpt = Annotated[
     typer.Option(
         help="Named target on SSIMULACRA2's scale: low (ssimulacra2>=50), medium (>=70: "
         "artifacts visible, not annoying), high (>=80: not noticeable side by side at 1:1), "
-        "lossless-looking (>=90)."
+        "lossless-looking (>=90); or lossless (optimize only: pixel-identical outputs)."
     ),
 ]
 MaxWidthOpt = Annotated[int | None, typer.Option(help="Fit outputs inside this width.")]

@@ -211,9 +211,12 @@ def optimize(
     codecs: Annotated[
         str,
         typer.Option(
-            help="Codecs each image may use (comma-separated); the smallest passing wins."
+            help="Codecs each image may use (comma-separated); the smallest passing wins. "
+            "webp-lossless and png are lossless: tried after the lossy search where the image "
+            "has few colours (flat graphics, screenshots), and the only ones with --quality "
+            "lossless."
         ),
-    ] = "avif,webp",
+    ] = "avif,webp,webp-lossless,png",
     preset: Annotated[
         Path | None,
         typer.Option(help="A preset (from tune): its target, and its quality as the first guess."),
@@ -272,10 +275,11 @@ def optimize(
     Per image and codec, quality is found by a short search (a guess from earlier images,
     a step to bracket, then interpolation); the smallest passing output wins. An output
     never misses the target (unless --best-effort) and is never larger than its source (the
-    source is copied instead). Reruns skip images whose output is up to date
-    (OUT/.imgtune-manifest.jsonl); Ctrl-C leaves only whole files. Nothing outside OUT is
-    touched, one run per OUT at a time (a second exits 4 naming the first); a full or
-    read-only OUT stops with one line (exit 4) and the same command resumes.
+    source is copied instead). --quality lossless: every output decodes to the source's
+    pixels (the smallest of lossless WebP and PNG, or the source). Reruns skip images whose
+    output is up to date (OUT/.imgtune-manifest.jsonl); Ctrl-C leaves only whole files.
+    Nothing outside OUT is touched, one run per OUT at a time (a second exits 4 naming the
+    first); a full or read-only OUT stops with one line (exit 4) and the same command resumes.
     """
     summary = _Printer("optimizing", as_json, report).run(
         api.optimize, src, out_dir, target=target, quality=quality, codecs=codecs,
