@@ -10,28 +10,39 @@ Two uses, both from `image_job.optimize_image`:
   (its pixels are the reference's), so where one is smaller than the best passing lossy output
   (and the source) it becomes the output. Encoding one costs as much as a few lossy probes, and
   on photos it never wins, so it is tried only where cheap evidence says it may (`worth_trying`):
-  few colours. Its file is compared by its bytes first, and scored only if it is the smallest.
+  few colours, or a flat image whose lossy file is still large. Its file is compared by its
+  bytes first, and scored only if it is the smallest.
 
-What the evidence is, measured at 768x512 under ``ssimulacra2>=80`` with the AVIF/WebP search
-(lossless: WebP effort 100 method 4). Lossless won on every image tried with at most 256
-colours and mostly flat (flat shapes 442 bytes vs 2,098 lossy; antialiased grey text 2,736 vs
-23,024; an 8-colour table 5,474 vs 6,655; a logo with alpha 2,794 vs 4,826; pixel art 1,406 vs
-nothing lossy below the source's 6,847) and on noise of few colours (16 colours: 196,746 vs
-nothing lossy below the source; 2 colours: 49,212 vs 49,979). It lost on everything with more
-than 256 colours: antialiased text and charts in colour (330-880 colours: 5,444-8,486 vs
-4,166-6,030), gradients, photos (2-5x the lossy bytes; Kodak: thousands of colours) and a grey
-photo (256 levels, 99,188 vs 21,390). A grey image always has at most 256 levels, so among those
-only flat ones are tried (three in four pixels repeat a neighbour: graphics 0.9-1.0, the grey
-photo 0.49, Kodak 0.10-0.31). Counting stops at the 257th colour, so a photo costs nothing.
+The evidence, measured at 768x512 under ``ssimulacra2>=80`` against the AVIF/WebP search
+(`python -m benchmarks.lossless`: 36 rendered graphics, six of them again in grey, four drawn
+images, Kodak 24; lossless WebP effort 100 method 4; benchmarks/RESULTS.md). Lossless won on 10
+of the 46 graphics; these rules try 9 of them, and 3 that lost (one encode each):
+- at most 16 colours, flat or not: won every time (flat shapes 416 bytes vs 2,068 lossy, pixel
+  art 642 vs 2,825, noise of 2 colours 49,212 vs 49,944; pixel art and 16-colour noise where
+  nothing lossy beat the source);
+- flat (three pixels in four repeat their left or upper neighbour) with at most 256 colours:
+  a palette holds a pixel in a byte (a poster won, 3,318 vs 3,530; line art lost, 1,536 vs
+  1,308). Not for grey, which has at most 256 levels anyway: six grey graphics all lost
+  (1.2-15x), so grey is weighed like the next kind;
+- flat with up to 4,096 colours where the lossy file still takes 0.3 bits a pixel or more, or
+  nothing lossy beat the source: text-heavy pages won (a table 19,334 vs 24,615, a document
+  16,028 vs 18,762, grey text 2,736 where nothing lossy beat the source's 5,902) and two lost
+  (1.06x, 1.85x). Below 0.3 bits (charts, diagrams, maps, UIs) 22 of 23 lost, by 1.06-5.9x;
+  the one win (a poster at 0.25 bits) is missed.
+More than 4,096 colours or not flat (gradients, photos with text, a detailed map) never won
+(1.6-26x); no Kodak photo is tried (thousands of colours, flat share 0.05-0.31), and counting
+stops at the 4,097th colour, so a photo costs nothing.
 
-Lossless WebP is tried before PNG: it was smaller on every image measured (PNG 1.0-3.6x its
-bytes). Under a lossy target PNG is therefore tried only where lossless WebP won (or is not
-allowed); under `--quality lossless`, every allowed codec is tried.
+Lossless WebP is tried before PNG: it was the smaller on 45 of the 46 graphics (PNG 1.0-3.3x
+its bytes; a grey gradient, where the PNG was 0.89x, lost to the lossy file by 15x anyway).
+Under a lossy target PNG is therefore tried only where lossless WebP won (or is not allowed);
+under `--quality lossless`, every allowed codec is tried.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -53,7 +64,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEW_COLOURS",
+    "DENSE_BITS",
     "FLAT_SHARE",
+    "MAX_COLOURS",
     "ORDER",
     "PALETTE",
     "consider",
@@ -69,12 +82,15 @@ __all__ = [
 
 #: the lossless codecs in the order they are tried: the smaller as a rule first
 ORDER = ("webp-lossless", "png")
-#: at most this many colours: a palette holds the image (a byte a pixel or less)
-PALETTE = 256
-#: ... and at least this share of pixels repeats its left or upper neighbour (flat areas)
-FLAT_SHARE = 0.75
-#: ... or at most this many colours, flat or not (4 bits a pixel: noise, dithering)
+#: at most this many colours, flat or not (4 bits a pixel: pixel art, noise, dithering)
 FEW_COLOURS = 16
+#: else the share of pixels that repeat their left or upper neighbour must be this (flat) ...
+FLAT_SHARE = 0.75
+#: ... and at most this many colours (a palette holds the image: a byte a pixel or less) ...
+PALETTE = 256
+#: ... or at most this many, where the lossy output takes at least `DENSE_BITS` a pixel
+MAX_COLOURS = 4096
+DENSE_BITS = 0.3
 #: rows sampled, evenly spaced, for the flat share (enough for a share; cheap at any size)
 SAMPLED_ROWS = 256
 
@@ -108,22 +124,33 @@ def flat_share(pixels: np.ndarray) -> float:
     return float(same.mean())
 
 
-def worth_trying(pixels: np.ndarray) -> bool:
-    """Cheap evidence that a lossless file may beat a lossy one (see the module's measurements):
-    at most `FEW_COLOURS` colours, or at most `PALETTE` and mostly flat."""
-    colours = pixels_to_pil(pixels).getcolors(PALETTE)  # None past PALETTE: stops counting
+def worth_trying(pixels: np.ndarray, bits_per_pixel: float = math.inf) -> bool:
+    """Cheap evidence that a lossless file of `pixels` may beat the lossy one, which takes
+    `bits_per_pixel` (infinite: there is none below the source) -- see the module's
+    measurements. At most `FEW_COLOURS` colours; else flat, with at most `PALETTE` colours (a
+    palette saves nothing on grey, which has at most 256 levels anyway) or at most `MAX_COLOURS`
+    where the lossy file takes `DENSE_BITS` a pixel or more."""
+    colours = pixels_to_pil(pixels).getcolors(MAX_COLOURS)  # None past it: stops counting
     if colours is None:
         return False
-    return len(colours) <= FEW_COLOURS or flat_share(pixels) >= FLAT_SHARE
+    if len(colours) <= FEW_COLOURS:
+        return True
+    palette = len(colours) <= PALETTE and pixels.shape[2] > 1
+    if not palette and bits_per_pixel < DENSE_BITS:
+        return False
+    return flat_share(pixels) >= FLAT_SHARE
 
 
 def consider(search: ImageSearch, images: ImageSet, job: Job) -> None:
     """After `job`'s lossy search of one image (`images` holds it): its lossless recipes, where
     `worth_trying` says so, each kept as the best if it is smaller than the best so far (which
     starts at the source's size). Each encode counts in `images.encodes`."""
-    if not job.lossless or not worth_trying(images.items[0].source.pixels):
+    if not job.lossless:
         return
     w, h = images.items[0].size
+    bits = 8 * search.best_bytes / (w * h) if search.best is not None else math.inf
+    if not worth_trying(images.items[0].source.pixels, bits):
+        return
     for cand in job.lossless:
         if max(w, h) > CODECS[cand.codec].max_side:
             continue

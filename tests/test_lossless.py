@@ -225,8 +225,19 @@ def test_the_evidence_few_colours_and_flat(tmp_path):
     noise16 = rng.integers(0, 16, (64, 64, 1)).astype(np.uint8) * 16
     assert flat_share(noise16) < 0.3 and worth_trying(noise16)  # few enough colours for any
     noise200 = rng.integers(0, 200, (64, 64, 3)).astype(np.uint8)
-    assert not worth_trying(noise200)
+    assert not worth_trying(noise200)  # a palette would hold it, but nothing repeats
     assert flat_share(np.zeros((1, 5, 3), np.uint8)) == 0.0  # one row: nothing above
+    # 600 flat blocks of their own colour: tried only where the lossy file is still large, or
+    # where nothing lossy beat the source (no bits given)
+    blocks = rng.permutation(256**3)[:600].view(np.uint8).reshape(20, 30, 8)[:, :, :3]
+    flat600 = blocks.repeat(8, axis=0).repeat(8, axis=1)
+    assert flat_share(flat600) > 0.9
+    assert not worth_trying(flat600, 0.1) and worth_trying(flat600, 0.5) and worth_trying(flat600)
+    # grey has at most 256 levels anyway: no palette to save, so it is weighed the same way
+    grey = (blocks[:, :, :1] % 100).repeat(8, axis=0).repeat(8, axis=1)
+    assert 16 < len(np.unique(grey)) <= 100
+    assert not worth_trying(grey, 0.1) and worth_trying(grey, 0.5)
+    assert worth_trying(np.dstack([grey, grey]), 0.1)  # grey + alpha: a palette of pairs
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
