@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from optimizer.batch import run_folder
 from optimizer.cli import app
 from optimizer.image_job import Job
+from optimizer.images import load
 from optimizer.manifest import MANIFEST_NAME
 from optimizer.metrics import MetricSuite
 from optimizer.outcome import ExitCode
@@ -130,7 +131,7 @@ def _small_set(root: Path) -> Path:
     (src / "nested dir é").mkdir(parents=True)
     Image.open(SAMPLES / "chelsea.png").save(src / "nested dir é" / "cat.png")
     Image.open(SAMPLES / "chelsea.png").convert("RGB").save(src / "cat.jpg", quality=95)
-    # a 79-byte 1-bit PNG (a checkerboard) that no encoder beats
+    # a 79-byte 1-bit PNG (a checkerboard) that no lossy encoder beats (lossless WebP does)
     checker = (np.indices((48, 48)).sum(0) % 2 * 255).astype(np.uint8)
     Image.fromarray(checker).convert("1").save(src / "flat.png", optimize=True)
     # an already small JPEG: matching its own pixels takes more bytes than it has
@@ -150,9 +151,11 @@ def test_bad_files_are_skipped_kept_originals_are_identical_and_names_do_not_col
     assert r.exit_code == ExitCode.PARTIAL, r.output  # one skipped file, the rest done
     recs = {rec["source"]: rec for rec in _ndjson(r.stdout)[:-1]}
     assert recs["broken.png"]["status"] == "skipped" and "broken.png" in r.stderr
-    flat = recs["flat.png"]
-    assert flat["status"] == "kept" and flat["output"] == "flat.png"
-    assert (out / "flat.png").read_bytes() == (src / "flat.png").read_bytes()
+    flat = recs["flat.png"]  # two colours: lossless tried after the lossy search, and smaller
+    assert flat["status"] == "written" and flat["codec"] == "webp-lossless"
+    assert flat["output"] == "flat.webp" and flat["output_bytes"] < flat["source_bytes"] == 79
+    grey, back = load(src / "flat.png").pixels, load(out / "flat.webp").pixels  # WebP: RGB
+    assert np.array_equal(np.broadcast_to(grey, back.shape), back)
     small = recs["small.jpg"]
     assert small["status"] == "kept" and small["meets_target"] and small["output"] == "small.jpg"
     assert (out / "small.jpg").read_bytes() == (src / "small.jpg").read_bytes()
