@@ -348,9 +348,11 @@ def encode(
 
 
 def _png(pixels: np.ndarray, level: int, icc: bytes | None) -> bytes:
-    """oxipng straight from the pixels (no Pillow PNG to decode first). Its reductions (palette,
+    """oxipng straight from the pixels (no Pillow PNG to decode first: 1.5% smaller with alpha,
+    the same bytes otherwise, measured). Its reductions (palette when 256 colours or fewer,
     grey, bit depth, dropping an opaque alpha) are all lossless, and it leaves the colour of
-    transparent pixels alone (`optimize_alpha` off), so the file decodes to these pixels."""
+    transparent pixels alone (`optimize_alpha` off), so the file decodes to these pixels. A
+    palette made first by hand saved 0-1% (16 and 2 colours at 768x512): not done."""
     import oxipng
 
     if pixels.dtype not in (np.uint8, np.uint16) or pixels.ndim != 3:
