@@ -1,6 +1,6 @@
 """Train the shipped quality model, and measure `optimize` with it against the per-image oracle.
 
-    python -m benchmarks.predictor train --corpus DIR [--corpus DIR ...] [--out FILE]
+    python -m benchmarks.predictor train --corpus DIR[:N] [--corpus DIR[:N] ...] [--out FILE]
     python -m benchmarks.predictor evaluate --corpus DIR --train DIR [--train DIR ...]
         [--folds 2] [--heldout DIR ...] [--targets 80] [--no-write]
 
@@ -45,8 +45,13 @@ TARGETS = (60.0, 70.0, 80.0, 85.0, 90.0)
 DEFAULT_ARMS = ("avif:4:2:0", "avif:4:4:4", "webp")
 
 
-def images_of(corpus: Path) -> list[Path]:
-    return sorted(iter_image_files(corpus, follow_symlinks=True))
+def images_of(corpus: Path | str) -> list[Path]:
+    """A corpus's images, sorted; `DIR:N` takes the first N of them."""
+    text = str(corpus)
+    head, _, n = text.rpartition(":")
+    if head and n.isdigit():
+        return sorted(iter_image_files(Path(head), follow_symlinks=True))[: int(n)]
+    return sorted(iter_image_files(Path(text), follow_symlinks=True))
 
 
 def rows_for(paths: list[Path], targets=TARGETS, jobs: int = 2) -> list[dict]:
@@ -83,13 +88,13 @@ def rows_for(paths: list[Path], targets=TARGETS, jobs: int = 2) -> list[dict]:
     return rows
 
 
-def train(corpora: list[Path], out: Path, jobs: int = 2) -> QualityModel:
+def train(corpora: list[str], out: Path, jobs: int = 2) -> QualityModel:
     rows = []
     names = []
     for c in corpora:
         paths = images_of(c)
         rows += rows_for(paths, jobs=jobs)
-        names.append(f"{c.name} ({len(paths)} images)")
+        names.append(f"{Path(c.rpartition(':')[0] or c).name} ({len(paths)} images)")
     model = QualityModel.fit(
         "ssimulacra2",
         rows,
@@ -143,9 +148,9 @@ def run_optimize(paths: list[Path], model: str, target: float) -> dict:
 
 
 def evaluate(args) -> None:
-    corpus = Path(args.corpus[0])
-    paths = images_of(corpus)
-    train_extra = [p for c in args.train for p in images_of(Path(c))]
+    corpus = Path(args.corpus[0].rpartition(":")[0] or args.corpus[0])
+    paths = images_of(args.corpus[0])
+    train_extra = [p for c in args.train for p in images_of(c)]
     extra_rows = rows_for(train_extra) if train_extra else []
     all_rows = rows_for(paths)
     lines_out = []
@@ -167,7 +172,7 @@ def evaluate(args) -> None:
         best = orc.oracle(table, target, DEFAULT_ARMS)
         results.append((corpus.name, target, "k-fold", _sum(runs, best, len(paths))))
         for h in args.heldout:
-            hp = images_of(Path(h))
+            hp = images_of(h)
             with tempfile.TemporaryDirectory() as tmp:
                 model = QualityModel.fit("ssimulacra2", extra_rows + all_rows)
                 mfile = Path(tmp) / "model.json"
@@ -175,7 +180,8 @@ def evaluate(args) -> None:
                 hr = {"model": [run_optimize(hp, str(mfile), target)]}
             hr["off"] = [run_optimize(hp, "off", target)]
             hbest = orc.oracle(orc.measure(hp, (target,)), target, DEFAULT_ARMS)
-            results.append((Path(h).name, target, "held out", _sum(hr, hbest, len(hp))))
+            name = Path(h.rpartition(":")[0] or h).name
+            results.append((f"{name} ({len(hp)})", target, "held out", _sum(hr, hbest, len(hp))))
     for name, target, how, s in results:
         print(name, target, how, s)
         lines_out.append(
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     if args.cmd == "train":
-        m = train([Path(c) for c in args.corpus], args.out, args.jobs)
+        m = train(args.corpus, args.out, args.jobs)
         print(f"wrote {args.out}: {m.trained_on}")
         for arm in m.quality:
             print(

@@ -27,7 +27,7 @@ from .quality_search import SearchResult
 from .recipe import Candidate
 from .targets import Target
 
-__all__ = ["RANK_GAP", "Arm", "model_target", "observations", "plan", "run"]
+__all__ = ["RANK_GAP", "Arm", "worth_searching", "model_target", "observations", "plan", "run"]
 
 #: search a further arm only while its expected bytes are within this factor of the best's
 RANK_GAP = 1.04
@@ -57,8 +57,9 @@ def plan(
     *,
     grey: bool,
 ) -> list[Arm]:
-    """The arms to search, best expected first. Bases whose codec the model does not know are
-    left out (the caller searches them the usual way)."""
+    """Every arm of `bases` the model knows, best expected first (`worth_searching` says which
+    to search). Bases whose codec the model does not know are left out (the caller searches
+    them the usual way)."""
     arms = []
     for base in bases:
         opts = dict(base.options)
@@ -71,6 +72,11 @@ def plan(
             if g is not None:
                 arms.append(Arm(v, name, g))
     arms.sort(key=lambda a: a.guess.log_bpp)
+    return arms
+
+
+def worth_searching(arms: Sequence[Arm]) -> list[Arm]:
+    """The arms of `plan` (best expected first) expected within `RANK_GAP` of the first."""
     if not arms:
         return []
     best = arms[0].guess.log_bpp

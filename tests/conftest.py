@@ -8,6 +8,8 @@ exactly as it would read the real one (same class, same code path, different num
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -175,6 +177,11 @@ def pytest_collection_modifyitems(config, items):
     )
     for item in gpu:
         item.add_marker(skip)
+
+
+# Module- and session-scoped fixtures run before any test's own fixtures: their runs learn into
+# a folder of the test session's, never into the working tree's studies/.
+os.environ["IMGTUNE_STUDIES"] = tempfile.mkdtemp(prefix="imgtune-test-studies-")
 
 
 @pytest.fixture(autouse=True)

@@ -127,6 +127,7 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
         side=64,
     )
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMGTUNE_STUDIES")  # as a user runs it: studies/ in the working folder
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert (tmp_path / "optimised" / ".imgtune-manifest.jsonl").is_file()

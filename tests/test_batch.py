@@ -48,8 +48,11 @@ def optimized(tmp_path_factory):
     root = tmp_path_factory.mktemp("opt")
     src, out = root / "src", root / "out"
     shutil.copytree(SAMPLES, src, ignore=shutil.ignore_patterns("*.md"))
+    # --no-learn: it starts from the shipped model whatever earlier tests stored, as the
+    # tests' own runs (each in a fresh studies folder) do.
     r = runner.invoke(
-        app, ["optimize", str(src), str(out), "--jobs", "1", "--json", "--device", "cpu"]
+        app,
+        ["optimize", str(src), str(out), "--jobs", "1", "--json", "--device", "cpu", "--no-learn"],
     )
     lines = _ndjson(r.stdout)
     return src, out, r, lines
