@@ -493,7 +493,7 @@ def optimize(
     quality: str = "high",
     codecs: str | Sequence[str] = ("avif", "webp", "webp-lossless", "png"),
     preset: PathLike | Preset | None = None,
-    tolerance: int = 3,
+    tolerance: int = 1,
     quality_range: str | dict[str, tuple[int, int]] | None = None,
     probe_speed: int | str | None = DEFAULT_PROBE_SPEED,
     best_effort: bool = False,
@@ -540,7 +540,8 @@ def optimize(
         A preset (path or `Preset`): its target (unless `target` is given) and its quality as
         the first guess.
     tolerance:
-        Stop the quality search when the bracket is this many quality steps wide.
+        Stop the quality search when the bracket is this many quality steps wide (default 1:
+        the lowest passing quality; it was 3 before the quality model made encodes few).
     quality_range:
         Per-codec quality bounds, ``"jpeg=50-95,avif=30-80"`` or a dict.
     probe_speed:

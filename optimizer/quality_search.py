@@ -24,6 +24,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+#: a pass settles the search when its margin is under this share of one quality step's change:
+#: not 1, because a step is not always the same size (AVIF's 101 qualities map onto 64
+#: quantisers: some steps change nothing, the next twice the average; Kodak's kodim05 passed at
+#: 67, one step under a pass whose margin was 0.9 of the average step)
+SETTLE = 0.5
 #: the fewest quality steps between two misses that `flat` judges (one step's change is within
 #: the noise of a score: it can be nothing where quality still matters)
 FLAT_SPAN = 3
@@ -83,9 +88,9 @@ def lowest_passing(
 
     `slope`: how much the margin typically changes per quality step near the crossing (a
     model's guess, > 0). With it, the first step from a single probe aims at the quality where
-    that probe's margin line crosses zero, and a pass whose margin is under one step's change
-    (the local slope of its nearest probes where there are two, else `slope`) settles the
-    search: the step below would miss, so it is not probed.
+    that probe's margin line crosses zero, and a pass whose margin is under `SETTLE` of one
+    step's change (the local slope of its nearest probes where there are two, else `slope`)
+    settles the search: the step below would miss, so it is not probed.
     """
     lo, hi = bounds
     if lo > hi:
@@ -114,7 +119,7 @@ def lowest_passing(
             o = min(others, key=lambda o: abs(o.quality - p.quality))
             s = (p.margin - o.margin) / (p.quality - o.quality)
             local = s if s > 0 else slope
-        return p.margin < local
+        return p.margin < SETTLE * local
 
     first = at(start)
     if give_up and give_up(first):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,7 +233,7 @@ def test_cli_tune_writes_preset_outputs_and_csv(small_set, tmp_path, monkeypatch
     assert sum(o["bytes"] for o in summary["outputs"]) <= summary["total_bytes"]
     for o in summary["outputs"]:
         assert (tmp_path / o["output"]).is_file()  # absolute, or relative to the cwd
-    assert list((tmp_path / "studies").glob("*.trials.csv"))
+    assert list(Path(os.environ["IMGTUNE_STUDIES"]).glob("*.trials.csv"))  # conftest's
     src_sizes = {p.name: p.stat().st_size for p in small_set.glob("*.png")}
     assert all(o["bytes"] <= src_sizes[o["name"]] for o in summary["outputs"])
 
@@ -509,4 +511,4 @@ def test_cli_reports_codecs_and_writes_trials_csv_with_custom_storage(
     s = json.loads(r.stdout)
     assert {"jpeg", "webp", "avif"} <= set(s["codecs_available"])
     assert "jxl" not in s["codecs_searched"]  # only on request
-    assert (tmp_path / "studies" / "mine.trials.csv").is_file()
+    assert (Path(os.environ["IMGTUNE_STUDIES"]) / "mine.trials.csv").is_file()  # conftest's

@@ -222,8 +222,12 @@ def optimize(
         typer.Option(help="A preset (from tune): its target, and its quality as the first guess."),
     ] = None,
     tolerance: Annotated[
-        int, typer.Option(help="Stop the quality search when the bracket is this narrow.")
-    ] = 3,
+        int,
+        typer.Option(
+            help="Stop the quality search when the bracket is this narrow (1: the lowest "
+            "passing quality itself; the model's guesses keep that to a few encodes)."
+        ),
+    ] = 1,
     quality_range: Annotated[
         str | None,
         typer.Option(
