@@ -198,13 +198,15 @@ def evaluate(args) -> None:
         "## Quality model: `optimize` against the per-image oracle",
         "",
         f"Command: `{command}`  ",
-        "`imgtune optimize` (codecs avif,webp; tolerance default; --no-learn) with the learned "
+        "`imgtune optimize` (default codecs: AVIF and WebP, lossless files where they may win; "
+        "default tolerance; --no-learn) with the learned "
         "model (a model that never saw the images it runs on: k-fold on the corpus, each fold's "
         "model trained on the other folds and the --train corpora; held-out corpora with the "
         "model trained on everything else) and with `--model off` (the search without it). "
         "Oracle: per image, the smallest passing file over AVIF 4:2:0, AVIF 4:4:4 and WebP, "
         "every quality in steps of 1 (`benchmarks.oracle`). Every output re-scored by a fresh "
-        f"suite. 2 cores, {platform.machine()}, Python {platform.python_version()}; date "
+        "suite. Seconds were measured beside other work on the machine. "
+        f"2 cores, {platform.machine()}, Python {platform.python_version()}; date "
         f"{date.today().isoformat()}",
         "",
         "| corpus | target | oracle bytes | model: bytes | model: encodes/image | "
