@@ -47,9 +47,10 @@ SIZE = (768, 512)
 BASELINE = "per-pair baseline (skimage SSIM + PSNR + lpips call)"
 
 
-def make_pair_set(n: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def make_pair_set(n: int, size: tuple[int, int] = SIZE) -> tuple[np.ndarray, list[np.ndarray]]:
+    """coffee.png at `size` and `n` JPEGs of it at qualities 30..95."""
     src = Image.open(ROOT / "sample_images" / "coffee.png").convert("RGB")
-    ref = src.resize(SIZE, Image.Resampling.LANCZOS)
+    ref = src.resize(size, Image.Resampling.LANCZOS)
     cands = []
     for q in np.linspace(30, 95, n).round().astype(int):
         buf = io.BytesIO()

@@ -19,7 +19,6 @@ benchmarks/RESULTS.md (section `gpu`) with the GPU's name and the command.
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import sys
 import tempfile
@@ -28,9 +27,9 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ._results import write_section
+from .bench_metrics import make_pair_set
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -43,14 +42,7 @@ OUTPUT = {"ms_ssim": "ms_ssim", "ssim": "ssim", "psnr": "psnr", "lpips": "lpips"
 
 
 def pair_set(size: tuple[int, int], n: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    src = Image.open(ROOT / "sample_images" / "coffee.png").convert("RGB")
-    ref = src.resize(size, Image.Resampling.LANCZOS)
-    cands = []
-    for q in np.linspace(30, 95, n).round().astype(int):
-        buf = io.BytesIO()
-        ref.save(buf, "JPEG", quality=int(q))
-        cands.append(np.asarray(Image.open(buf).convert("RGB")))
-    return np.asarray(ref), cands
+    return make_pair_set(n, size)
 
 
 def _suite(name: str, device: str, wdir: Path):
