@@ -185,7 +185,9 @@ os.environ["IMGTUNE_STUDIES"] = tempfile.mkdtemp(prefix="imgtune-test-studies-")
 
 
 @pytest.fixture(autouse=True)
-def _own_studies(tmp_path_factory, monkeypatch):
+def _own_studies(tmp_path, monkeypatch):
     """Each test its own studies folder (`IMGTUNE_STUDIES`): what `optimize` and `tune` learn
-    into the quality model must neither leak between tests nor land in the working tree."""
-    monkeypatch.setenv("IMGTUNE_STUDIES", str(tmp_path_factory.mktemp("studies")))
+    into the quality model must neither leak between tests nor land in the working tree. It is
+    `tmp_path/studies`, where a test that works in `tmp_path` (as a user works in a folder)
+    expects `tune`'s studies."""
+    monkeypatch.setenv("IMGTUNE_STUDIES", str(tmp_path / "studies"))

@@ -23,7 +23,10 @@ from optimizer.outdir import LOCK_NAME, OutputDir, UnsafePathError
 from .conftest import ROOT, SAMPLES
 
 runner = CliRunner()
-ENV = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+# Without conftest's IMGTUNE_STUDIES: these runs keep studies/ in their working folder, as a
+# user's do, and the tests look for them there.
+ENV = {k: v for k, v in os.environ.items() if k != "IMGTUNE_STUDIES"}
+ENV.update(COLUMNS="200", PYTHONPATH=str(ROOT))
 
 
 def _wait_for_holder(lock: Path, pid: int, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -30,6 +30,7 @@ def tuned(tmp_path_factory):
         im.save(src / f"{name}.png")
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
+    mp.delenv("IMGTUNE_STUDIES", raising=False)  # studies/ in the folder, as a user's
     r = runner.invoke(
         app,
         ["tune", str(src), "--trials", "8", "--seed", "3", "--strategy", "bisect", "--report", "."],
@@ -84,6 +85,7 @@ def test_report_command_from_the_study_with_crops(tuned):
     name = next((root / "studies").glob("*.journal")).stem
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
+    mp.delenv("IMGTUNE_STUDIES", raising=False)  # studies/ in the folder, as a user's
     try:
         r = runner.invoke(app, ["report", name, "--images", str(src), "--out", "again.html"])
         missing = runner.invoke(app, ["report", "no-such-study"])

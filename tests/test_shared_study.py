@@ -36,7 +36,10 @@ from ._postgres import postgres_url  # noqa: F401 - the fixture
 from .conftest import thumbnails
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+# Without conftest's IMGTUNE_STUDIES: these runs keep studies/ in their working folder, as a
+# user's do, and the tests look for them there.
+ENV = {k: v for k, v in os.environ.items() if k != "IMGTUNE_STUDIES"}
+ENV.update(COLUMNS="200", PYTHONPATH=str(ROOT))
 TARGET = "ssim>=0.9"
 S = optuna.trial.TrialState
 HOST = socket.gethostname()
@@ -253,6 +256,7 @@ def test_preset_command_writes_what_tune_wrote(journal_run):
     runner = CliRunner()
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
+    mp.delenv("IMGTUNE_STUDIES", raising=False)  # the study is in root's studies/
     try:
         from_storage = runner.invoke(app, ["preset", summary["study"], "--out", "a.json"])
         rescored = runner.invoke(
