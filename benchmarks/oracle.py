@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import platform
 import random
+import re
 import sqlite3
 import sys
 import time
@@ -61,6 +62,7 @@ BELOW = 2  # the fine window starts this far below the last failing coarse quali
 WHITE = (255, 255, 255)  # JPEG flattens transparency on white
 #: a grey image's 4:4:4 arm is the same file as its 4:2:0 arm (AVIF writes 4:0:0, JPEG one plane)
 GREY_SAME_AS = {"avif:4:4:4": "avif:4:2:0", "jpeg:4:4:4": "jpeg:4:2:0"}
+GRAPHIC = re.compile(r"s(\d+)_\d+_\w+\.png")  # a file of benchmarks.graphics
 COLUMNS = ["image", "sha", "arm", "quality", "bytes", METRIC]
 
 
@@ -357,6 +359,14 @@ def corpus_lines(name: str, table: pd.DataFrame, targets, source_bytes: int) -> 
         f"Probes: {len(table):,} ({len(table) / max(n, 1):.0f} per image); encodes made by this "
         f"run: {a['encodes']:,}; encode + score time of all the probes (as first measured, "
         f"one core each): {a['probe_seconds'] / 60:.0f} min.",
+    ]
+    seeds = {m.group(1) for m in map(GRAPHIC.fullmatch, table["image"].unique()) if m}
+    if len(seeds) == 1 and all(GRAPHIC.fullmatch(x) for x in table["image"].unique()):
+        lines[-1] = (
+            f"Rendered by `python -m benchmarks.graphics --out DIR --seed {seeds.pop()} "
+            f"--count {n}`. " + lines[-1]
+        )
+    lines += [
         "",
         "| ssimulacra2 >= | oracle bytes | "
         + " | ".join(f"{x} alone" for x in [*ARMS, *GROUPS])
