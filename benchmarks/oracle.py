@@ -415,7 +415,9 @@ def main(argv: list[str] | None = None) -> None:
         "passing one. The oracle takes, per image, the smallest of the arms' files; an arm "
         "'alone' takes that arm's file on every image (percent: against the oracle; 'never "
         "pass': images where no quality of the arm meets the target, left out of its total). "
-        "Wins: how many images each arm gives the oracle's file.",
+        "Wins: how many images each arm gives the oracle's file. JPEG flattens transparency on "
+        "white (scored against the flattened source); grey images' 4:4:4 arms are their 4:2:0 "
+        "files. Probes are cached in benchmarks/.cache/oracle.sqlite: a rerun encodes nothing.",
     ]
     frames = []
     for corpus in map(Path, args.corpus):
