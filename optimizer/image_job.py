@@ -33,7 +33,7 @@ from typing import Any, Literal
 from . import lossless, model_search
 from .codecs import CODECS
 from .image_search import ImageSearch
-from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, load
+from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, SourceImage, load
 from .predictor import Prediction
 from .probe_speed import DEFAULT_PROBE_SPEED, fast_recipe
 from .quality_search import Probe
@@ -217,6 +217,21 @@ def stem_with(stem: str, suffix: str) -> str:
     return stem if stem.endswith(suffix) else stem + suffix
 
 
+def names_of(path: Path, name: str | None, stem: str | None) -> tuple[str, str]:
+    """The source as reported (`name`, default the file name) and its output's path without the
+    extension (`stem`, default the name without its suffix)."""
+    rel = name or path.name
+    return rel, stem or Path(rel).with_suffix("").as_posix()
+
+
+def load_or_skip(path: Path, job: Job, suite, rel: str) -> SourceImage | ImageResult:
+    """The decoded source, or the result of an image skipped because it cannot be used."""
+    try:
+        return load(path, max_pixels=job.max_pixels, min_side=suite.min_side, animated=job.animated)
+    except ImageError as exc:
+        return ImageResult(ImageOutcome(rel, Status.SKIPPED, error=str(exc)))
+
+
 def optimize_image(
     path: Path,
     job: Job,
@@ -231,12 +246,10 @@ def optimize_image(
     extension (default `name` without its suffix). Reads `path`, writes nothing."""
     if job.target.lossless:  # identical pixels: no search, no score (optimizer.lossless)
         return lossless.optimize_image(path, job, suite=suite, name=name, stem=stem)
-    rel = name or path.name
-    stem = stem or Path(rel).with_suffix("").as_posix()
-    try:
-        src = load(path, max_pixels=job.max_pixels, min_side=suite.min_side, animated=job.animated)
-    except ImageError as exc:
-        return ImageResult(ImageOutcome(rel, Status.SKIPPED, error=str(exc)))
+    rel, stem = names_of(path, name, stem)
+    src = load_or_skip(path, job, suite, rel)
+    if isinstance(src, ImageResult):
+        return src
     outcome = ImageOutcome(rel, Status.KEPT, source_bytes=src.file_bytes)
     images = ImageSet(
         [src],

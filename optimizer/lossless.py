@@ -53,7 +53,7 @@ from PIL import Image, ImageOps
 
 from .codecs import CODECS, decode, encode
 from .errors import UsageError
-from .images import ImageError, SourceImage, load, pixels_to_pil
+from .images import SourceImage, pixels_to_pil
 from .recipe import Candidate
 from .targets import Target
 
@@ -215,14 +215,19 @@ def optimize_image(
     that decodes to the values the source stores (`stored_pixels`), written if smaller than the
     source, else the source kept. Reads `path`, writes nothing; arguments as
     `image_job.optimize_image`'s."""
-    from .image_job import ImageOutcome, ImageResult, Status, stem_with  # it calls this
+    from .image_job import (  # it calls this
+        ImageOutcome,
+        ImageResult,
+        Status,
+        load_or_skip,
+        names_of,
+        stem_with,
+    )
 
-    rel = name or path.name
-    stem = stem or Path(rel).with_suffix("").as_posix()
-    try:
-        src = load(path, max_pixels=job.max_pixels, min_side=suite.min_side, animated=job.animated)
-    except ImageError as exc:
-        return ImageResult(ImageOutcome(rel, Status.SKIPPED, error=str(exc)))
+    rel, stem = names_of(path, name, stem)
+    src = load_or_skip(path, job, suite, rel)
+    if isinstance(src, ImageResult):
+        return src
     outcome = ImageOutcome(rel, Status.KEPT, source_bytes=src.file_bytes, meets_target=True)
     result = ImageResult(outcome)
     stored = stored_pixels(path, src)

@@ -490,7 +490,11 @@ for b in blocks:
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is Linux's")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="the fix is for glibc's malloc, which only Linux has: elsewhere a Dask worker has "
+    "no such threshold to restore",
+)
 def test_workers_get_back_the_malloc_thresholds_dask_s_environment_takes_away():
     """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ set, which freezes glibc's mmap
     threshold at 128 KiB: every array is mapped afresh, page-faulted and zeroed (33 s of system
