@@ -2,7 +2,8 @@
 
 `optimize_image` runs one `ImageSearch` per image: for each recipe, the lowest passing quality
 (`quality_search.lowest_passing`), given up as soon as the recipe cannot beat the best so far;
-for AVIF, searched at a fast encoder speed and encoded at the recipe's own (`probe_speed`).
+for AVIF, searched at a fast encoder speed and encoded at the recipe's own (`probe_speed`), and
+over the qualities that make distinct files only (`codecs.quality_grid`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .codecs import quality_grid
 from .probe_speed import MAX_DROP, UNLEARNT_STEPS, fast_recipe, just_passing, margin_slope
 from .quality_search import Probe, SearchResult, bytes_per_margin, cannot_win, lowest_passing
 from .recipe import Candidate
@@ -88,7 +90,10 @@ class ImageSearch:
         if prune:
             rate = bytes_per_margin(self._by_recipe()) if math.isfinite(self.best_bytes) else None
             give_up = cannot_win(self.best_bytes, rate)
-        r = lowest_passing(lambda q: self.probe(base.with_quality(q)), give_up=give_up, **search)
+        grid = None if self.images.items[0].source.has_alpha else quality_grid(base.codec)
+        r = lowest_passing(
+            lambda q: self.probe(base.with_quality(q)), give_up=give_up, grid=grid, **search
+        )
         self.probes.extend(r.probes)
         if r.best is not None:
             self._consider(r.best, prefer, first=keep_first and self.best is None and self.resized)

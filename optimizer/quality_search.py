@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: a pass settles the search when its margin is under this share of one quality step's change:
@@ -32,6 +32,10 @@ SETTLE = 0.5
 #: the fewest quality steps between two misses that `flat` judges (one step's change is within
 #: the noise of a score: it can be nothing where quality still matters)
 FLAT_SPAN = 3
+#: two probes on one side of the crossing aim with their own slope blended with the model's
+#: `slope` as if the model's were worth this many quality steps of evidence: a secant over one
+#: or two steps is mostly the noise of a plateau (AVIF's quantiser, JPEG's tables)
+BLEND = 2
 
 __all__ = ["Probe", "SearchResult", "cannot_win", "bytes_per_margin", "lowest_passing"]
 
@@ -74,6 +78,8 @@ def lowest_passing(
     give_up: Callable[[Probe], bool] | None = None,
     flat: float | None = None,
     slope: float | None = None,
+    grid: Sequence[int] | None = None,
+    settle: float = SETTLE,
 ) -> SearchResult:
     """The lowest passing quality in `bounds` (inclusive), to within `tolerance` steps.
 
@@ -91,10 +97,21 @@ def lowest_passing(
     that probe's margin line crosses zero, and a pass whose margin is under `SETTLE` of one
     step's change (the local slope of its nearest probes where there are two, else `slope`)
     settles the search: the step below would miss, so it is not probed.
+
+    `grid`: the qualities that give distinct files, each the lowest of those giving the same
+    file (`codecs.quality_grid`: AVIF's 101 qualities are 64 quantisers); the search then steps
+    over those only, with `step`, `tolerance` and `slope` read per distinct file, and each
+    probe's quality is the lowest that makes its file. A quality between two of them is never
+    probed: it would encode a file already probed.
     """
     lo, hi = bounds
     if lo > hi:
         raise ValueError(f"empty quality bounds {bounds}")
+    if grid is not None:
+        return _on_grid(
+            probe, bounds, grid, start=start, step=step, tolerance=tolerance,
+            give_up=give_up, flat=flat, slope=slope,
+        )  # fmt: skip
     start = hi if start is None else min(max(start, lo), hi)
     step = max(1, hi - lo if step is None else step)
     seen: dict[int, Probe] = {}
@@ -119,7 +136,7 @@ def lowest_passing(
             o = min(others, key=lambda o: abs(o.quality - p.quality))
             s = (p.margin - o.margin) / (p.quality - o.quality)
             local = s if s > 0 else slope
-        return p.margin < SETTLE * local
+        return p.margin < settle * local
 
     first = at(start)
     if give_up and give_up(first):
@@ -148,6 +165,10 @@ def lowest_passing(
             ):
                 return stop()
             guess = _zero_crossing(last, edge)
+            if slope is not None and slope > 0:
+                d = abs(edge.quality - last.quality)
+                own = max((edge.margin - last.margin) / (edge.quality - last.quality), 0.0)
+                guess = edge.quality - edge.margin / ((own * d + slope * BLEND) / (d + BLEND))
             if math.isfinite(guess):
                 aim = round(guess) + direction
                 q = edge.quality + direction * min(max(direction * (aim - edge.quality), 1), step)
@@ -177,6 +198,36 @@ def lowest_passing(
                 return stop()
             bad = p
     return SearchResult(good, order)
+
+
+def _on_grid(probe, bounds, grid, *, start, step, tolerance, **search) -> SearchResult:
+    """`lowest_passing` over the distinct files of `grid` within `bounds`: level i is the i-th
+    of them; the answer and probes carry real qualities."""
+    lo, hi = bounds
+    below = [q for q in grid if q <= lo]
+    levels = sorted({lo} | {q for q in grid if lo < q <= hi})
+    if not below:  # the grid does not reach down to lo: every quality its own file there
+        levels = sorted(set(range(lo, min(grid) if grid else hi + 1)) | set(levels))
+
+    def level(q: int) -> int:  # the level whose file quality q encodes
+        return max(i for i, v in enumerate(levels) if v <= q)
+
+    per = (hi - lo + 1) / len(levels)  # qualities per level
+    slope, flat = search.pop("slope"), search.pop("flat")
+    inner = lowest_passing(
+        lambda i: replace(probe(levels[i]), quality=i),
+        (0, len(levels) - 1),
+        start=None if start is None else level(min(max(start, lo), hi)),
+        step=None if step is None else max(1, round(step / per)),
+        tolerance=max(1, round(tolerance / per)) if tolerance > 1 else tolerance,
+        slope=None if slope is None else slope * per,
+        flat=None if flat is None else flat * per,
+        settle=SETTLE / per,  # a pass settles as close to the target as with every quality
+        **search,
+    )
+    back = {i: replace(p, quality=levels[i]) for i, p in ((p.quality, p) for p in inner.probes)}
+    best = None if inner.best is None else back[inner.best.quality]
+    return SearchResult(best, [back[p.quality] for p in inner.probes], gave_up=inner.gave_up)
 
 
 def _zero_crossing(a: Probe, b: Probe) -> float:

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from optimizer.codecs import CODECS, CodecError, EncodeSettings, available_codecs, decode, encode
+from optimizer.codecs import (
+    CODECS,
+    CodecError,
+    EncodeSettings,
+    available_codecs,
+    decode,
+    encode,
+    quality_grid,
+)
 from optimizer.images import load
 
 from .conftest import SAMPLES, read_rgb, sample_paths
@@ -116,3 +124,20 @@ def test_jpeg_xl_through_the_plugin():
     assert Image.open(io.BytesIO(slow)).format == "JXL"
     with pytest.raises(CodecError, match=r"effort=0 must be an integer in \[1, 9\]"):
         EncodeSettings.make("jxl", 80, effort=0)
+
+
+def test_the_avif_quality_grid_names_its_distinct_files_on_a_photo():
+    """Every quality off the grid encodes exactly the file of the grid quality below it, and
+    every grid quality a file of its own (checked on a photo at the default speed, 4:2:0 and
+    4:4:4, where the grid was measured on noise at speed 10)."""
+    grid = quality_grid("avif")
+    assert grid is not None and grid[0] == 0 and grid[-1] == 100 and len(grid) < 101
+    assert quality_grid("jpeg") is None and quality_grid("webp") is None
+    px = read_rgb(SAMPLES / "chelsea.png")[:64, :96]
+    for sub in ("4:2:0", "4:4:4"):
+        files = {
+            q: encode(px, EncodeSettings.make("avif", q, subsampling=sub)) for q in range(50, 81)
+        }
+        for q in range(51, 81):
+            same = files[q] == files[q - 1]
+            assert same == (q not in grid), (sub, q)

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from optimizer import codecs
+from optimizer.codecs import quality_grid
 from optimizer.errors import UsageError
 from optimizer.image_job import FLAT, Job, Status, optimize_image
 from optimizer.image_search import ImageSearch
@@ -271,12 +272,13 @@ def test_with_probe_speed_off_the_search_is_the_one_before_probe_speeds(images, 
     r = optimize_image(images[0], job, suite=suite, prediction=Prediction())
     got = [(c.quality, c.options) for c in seen]
     # the search as it was: the one-recipe core at the recipe's speed, from the default start,
-    # giving up only on misses larger than the source
+    # giving up only on misses larger than the source, over AVIF's distinct files
     base = Candidate.make("avif", 75)
     search = ImageSearch(ImageSet([src], suite), TARGET, resized=False, source_bytes=src.file_bytes)
     want = lowest_passing(
         lambda q: search.probe(base.with_quality(q)), (0, 100), start=DEFAULT_START["avif"],
         step=DEFAULT_STEP, tolerance=3, flat=FLAT, give_up=cannot_win(src.file_bytes, None),
+        grid=quality_grid("avif"),
     )  # fmt: skip
     assert got == [(p.quality, base.options) for p in want.probes]
     assert r.found == {"avif": want.best.quality} and r.outcome.params["options"]["speed"] == 6

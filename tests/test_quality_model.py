@@ -200,7 +200,7 @@ def test_a_slope_aims_the_second_probe_and_a_just_passing_probe_settles_the_sear
     # A wrong slope costs probes, never the answer: the local slope of two probes takes over.
     probe, calls = _probe_fn(crossing=61.7, slope=0.002)
     r = lowest_passing(probe, (0, 100), start=70, step=2, slope=0.01, tolerance=1)
-    assert r.best.quality == 62 and len(calls) <= 5
+    assert r.best.quality == 62 and len(calls) <= 6  # slower: the blend trusts it 2 steps
     probe, calls = _probe_fn(crossing=61.7)
     r = lowest_passing(probe, (0, 100), start=62, step=2, tolerance=1)
     assert r.best.quality == 62 and calls[:2] == [62, 60]  # without a slope: a probe below

@@ -172,3 +172,46 @@ def test_bytes_per_margin_is_the_median_log_slope():
 def test_empty_bounds_are_refused():
     with pytest.raises(ValueError, match="empty"):
         lowest_passing(Curve(linear(5)).probe, (60, 50))
+
+
+# AVIF-like plateaus: 101 qualities onto fewer files, each the file of its class's lowest quality.
+_GRID = (0, 3, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 35, 37, 39, 40, 42, 44)
+_GRID += (45, 47, 49, 50, 52, 54, 55, 56, 58, 59, 60, 62, 63, 64, 66, 67, 68, 70, 71, 72, 74)
+_GRID += (75, 76, 78, 79, 80, 82, 83, 84, 86, 87, 88, 90, 91, 92, 94, 95, 96, 98, 99, 100)
+
+
+def _plateau_probe(crossing: float, calls: list[int]):
+    def probe(q: int) -> Probe:
+        calls.append(q)
+        file_q = max(g for g in _GRID if g <= q)  # the file quality q encodes
+        m = 0.01 * (file_q - crossing)
+        return Probe(q, 1000 + 10 * file_q, m >= 0, m)
+
+    return probe
+
+
+@pytest.mark.parametrize("crossing", [5.5, 33.2, 61.7, 64.5, 65.0, 77.9, 99.5])
+@pytest.mark.parametrize("start,step,slope", [(None, None, None), (70, 4, 0.01), (40, 8, 0.02)])
+def test_a_grid_probes_each_file_once_and_answers_the_lowest_quality_making_it(
+    crossing, start, step, slope
+):
+    calls: list[int] = []
+    r = lowest_passing(
+        _plateau_probe(crossing, calls), (0, 100), start=start, step=step, slope=slope,
+        grid=_GRID,
+    )  # fmt: skip
+    assert set(calls) <= set(_GRID) and len(calls) == len(set(calls))  # one encode per file
+    assert [p.quality for p in r.probes] == calls  # probes carry real qualities
+    want = min(g for g in _GRID if g >= crossing)  # the lowest quality making a passing file
+    assert r.best is not None and r.best.quality == want
+    # without the grid: the same answer's file, with qualities that repeat a file probed
+    plain: list[int] = []
+    r0 = lowest_passing(_plateau_probe(crossing, plain), (0, 100), start=start, step=step)
+    assert r0.best.bytes == r.best.bytes
+
+
+def test_a_grid_inside_narrower_bounds_starts_at_the_bound():
+    calls: list[int] = []
+    r = lowest_passing(_plateau_probe(1.0, calls), (65, 90), start=65, grid=_GRID)
+    # 65 makes 64's file, the lowest reachable in bounds: it is probed as 65, and passes
+    assert calls == [65] and r.best.quality == 65
