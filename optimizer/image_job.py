@@ -305,6 +305,15 @@ def optimize_image(
                 )
             )
             arms = every
+        elif search.best is not None:
+            rest = [a for a in every if a not in arms]
+            again = model_search.beaten_by_guess(rest, arms, search.best.bytes, w * h)
+            results.update(
+                model_search.run(
+                    search, again, bounds=job.bounds_for, tolerance=job.tolerance, flat=FLAT
+                )
+            )
+            arms = [*arms, *again]
         for arm in arms:  # what the run's median predictor learns too
             r = results[arm.name]
             if r.best is not None and arm.base.codec not in found:

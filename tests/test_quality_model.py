@@ -335,3 +335,31 @@ def test_optimize_writes_4_4_4_where_it_wins_without_the_fallback(tmp_path):
     # (12 encodes, measured); with it, 4:4:4 is searched first.
     assert off.params["options"]["subsampling"] == "4:4:4"
     assert o.encodes * 2 <= off.encodes and o.output_bytes <= off.output_bytes
+
+
+def test_an_arm_whose_file_came_out_far_larger_than_guessed_reopens_the_ranking():
+    """The first arm's file against the guesses: where it is far larger than its own guess, an
+    arm expected (even after moving its guess by half that miss) to beat it by REVISE_GAP is
+    searched too; where the first arm came out as guessed, none is."""
+    import math
+
+    from optimizer.model_search import REVISE_GAP, Arm, beaten_by_guess
+    from optimizer.quality_model import ArmGuess
+    from optimizer.recipe import Candidate
+
+    px = 100_000
+
+    def arm(sub: str, nbytes: float) -> Arm:
+        g = ArmGuess(50.0, 3.0, math.log(nbytes / px), 0.3, 0.01)
+        return Arm(Candidate.make("avif", 50, subsampling=sub), f"avif:{sub}", g)
+
+    first, other = arm("4:2:0", 9000), arm("4:4:4", 9300)
+    assert beaten_by_guess([other], [first], 9100, px) == []  # as guessed: nothing more
+    assert beaten_by_guess([other], [first], 9300 * 1.2, px) == []  # a miss they share
+    # 4:2:0 needed twice its guess: 4:4:4's guess moved by half that (x1.41) still beats it
+    assert beaten_by_guess([other], [first], 18000, px) == [other]
+    # ...by more than REVISE_GAP only: the guess where it stops being worth an encode
+    edge = 18000 / (math.sqrt(18000 / 9000) * REVISE_GAP)
+    near, far = arm("4:4:4", edge * 0.99), arm("4:4:4", edge * 1.01)
+    assert beaten_by_guess([near, far], [first], 18000, px) == [near]
+    assert beaten_by_guess([other], [], 18000, px) == []  # nothing searched: no evidence
