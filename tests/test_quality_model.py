@@ -332,9 +332,11 @@ def test_optimize_writes_4_4_4_where_it_wins_without_the_fallback(tmp_path):
     assert o.status == "written" and o.meets_target
     assert o.params["options"]["subsampling"] == "4:4:4"
     # Without the model 4:4:4 is reached only through the fallback, after 4:2:0 failed
-    # (12 encodes, measured); with it, 4:4:4 is searched first.
+    # (14 encodes, measured); with it, 4:4:4 is searched first (6 encodes, measured). Its file
+    # is far larger than the model guessed on this drawing, so 4:2:0 and WebP, still expected
+    # smaller, get two probes each before their flat misses end them (`beaten_by_guess`).
     assert off.params["options"]["subsampling"] == "4:4:4"
-    assert o.encodes * 2 <= off.encodes and o.output_bytes <= off.output_bytes
+    assert o.encodes + 4 <= off.encodes and o.output_bytes <= off.output_bytes
 
 
 def test_an_arm_whose_file_came_out_far_larger_than_guessed_reopens_the_ranking():
