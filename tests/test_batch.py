@@ -330,29 +330,33 @@ def test_apply_reports_misses_and_refine_makes_each_image_just_pass(tmp_path):
 
 
 def test_memory_does_not_grow_with_the_folder(tmp_path):
-    # Apply (one encode per image) over 200 and then 1,200 tiny files: the peak of Python's
+    # Apply (one encode per image) over 300 and then 2,000 tiny files: the peak of Python's
     # allocations (numpy included) stays flat. The per-file bookkeeping (paths, manifest
-    # lines) is well under 1 KB a file.
+    # lines) is under 1 KB a file. tracemalloc counts every thread's allocations, and in a
+    # full suite a thread an earlier test left winding down once added 8 MB to one run's
+    # peak: a large peak is measured again on a folder of its own, and the smaller one kept.
     rng = np.random.default_rng(0)
     suite = MetricSuite.build(["psnr"], device="cpu")
     job = Job.apply(Candidate.make("webp", 80), parse_target("psnr>=10"))
 
-    def peak(n: int) -> int:
-        src = tmp_path / f"src{n}"
+    def peak(n: int, k: int) -> int:
+        src = tmp_path / f"src{n}-{k}"
         src.mkdir()
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
                 src / f"{i:05d}.png"
             )
         tracemalloc.start()
-        summary = run_folder(src, tmp_path / f"out{n}", job, suite=suite, jobs=2)
+        summary = run_folder(src, tmp_path / f"out{n}-{k}", job, suite=suite, jobs=2)
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert summary.counts["skipped"] == 0 and sum(summary.counts.values()) == n, summary
         return top
 
-    small, large = peak(200), peak(1200)
-    assert large < small + 1000 * 1024, (small, large)  # < 1 KB per extra file
+    small, large = peak(300, 0), peak(2000, 0)
+    if large >= small + 1700 * 1024:
+        large = min(large, peak(2000, 1))
+    assert large < small + 1700 * 1024, (small, large)  # < 1 KB per extra file
 
 
 def test_ctrl_c_stops_cleanly_with_whole_files_and_exit_130(optimized, tmp_path):
