@@ -161,3 +161,13 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "optimised" / ".imgtune-manifest.jsonl").is_file()
     assert list((tmp_path / "studies").glob("*.preset.json"))
     assert "ssimulacra2" in printed
+
+
+def test_every_benchmark_the_readme_names_exists_and_has_a_main():
+    import importlib
+
+    text = (ROOT / "README.md").read_text()
+    names = sorted(set(re.findall(r"python -m (benchmarks\.\w+)", text)))
+    assert "benchmarks.trial" in names and "benchmarks.oracle" in names
+    for name in names:
+        assert callable(importlib.import_module(name).main), name
