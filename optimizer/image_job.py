@@ -289,31 +289,11 @@ def optimize_image(
     modelled: set[str] = set()  # codecs the model's arms searched
     if t is not None:
         features = model_search.features_of(src, (w, h))
-        every = model_search.plan(prediction.model, t, fits, features, grey=src.is_grey)
-        arms = model_search.worth_searching(every)
         modelled = {b.codec for b in fits if prediction.model.knows(b.codec)}
-        results = model_search.run(
-            search, arms, bounds=job.bounds_for, tolerance=job.tolerance, flat=FLAT
-        )
-        if not any(p.passed for p in search.probes):
-            # None of the expected winners passes (4:2:0 on red text, say): the others, in
-            # order, before anything is given up.
-            rest = [a for a in every if a not in arms]
-            results.update(
-                model_search.run(
-                    search, rest, bounds=job.bounds_for, tolerance=job.tolerance, flat=FLAT
-                )
-            )
-            arms = every
-        elif search.best is not None:
-            rest = [a for a in every if a not in arms]
-            again = model_search.beaten_by_guess(rest, arms, search.best.bytes, w * h)
-            results.update(
-                model_search.run(
-                    search, again, bounds=job.bounds_for, tolerance=job.tolerance, flat=FLAT
-                )
-            )
-            arms = [*arms, *again]
+        results, arms = model_search.search_arms(
+            search, prediction.model, t, fits, features, grey=src.is_grey, pixels=w * h,
+            bounds=job.bounds_for, tolerance=job.tolerance, flat=FLAT,
+        )  # fmt: skip
         for arm in arms:  # what the run's median predictor learns too
             r = results[arm.name]
             if r.best is not None and arm.base.codec not in found:

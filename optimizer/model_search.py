@@ -36,6 +36,7 @@ __all__ = [
     "observations",
     "plan",
     "run",
+    "search_arms",
 ]
 
 #: search a further arm only while its expected bytes are within this factor of the best's
@@ -130,6 +131,38 @@ def run(
             flat=flat if dict(arm.base.options).get("subsampling") == "4:2:0" else None,
         )  # fmt: skip
     return results
+
+
+def search_arms(
+    search: ImageSearch,
+    model: QualityModel,
+    t: float,
+    bases: Sequence[Candidate],
+    features: dict[str, float],
+    *,
+    grey: bool,
+    pixels: int,
+    bounds,
+    tolerance: int,
+    flat: Any = None,
+) -> tuple[dict[str, SearchResult], list[Arm]]:
+    """One image's searches of the arms of `bases` the model knows: the expected winners
+    (`worth_searching`); if none of them passes, every other arm in order before anything is
+    given up (4:2:0 on red text, say); else the arms the result says the ranking got wrong
+    (`beaten_by_guess`). Returns arm name -> its search, and the arms searched, in order."""
+    every = plan(model, t, bases, features, grey=grey)
+    arms = worth_searching(every)
+    kw = {"bounds": bounds, "tolerance": tolerance, "flat": flat}
+    results = run(search, arms, **kw)
+    rest = [a for a in every if a not in arms]
+    if not any(p.passed for p in search.probes):
+        more = rest
+    elif search.best is not None:
+        more = beaten_by_guess(rest, arms, search.best.bytes, pixels)
+    else:
+        more = []
+    results.update(run(search, more, **kw))
+    return results, [*arms, *more]
 
 
 def observations(
