@@ -77,9 +77,9 @@ def replay(model: QualityModel, paths: list[Path], target: float) -> dict:
     oracle_bytes = dict(zip(best["image"], best["bytes"], strict=True))
     out = {"bytes": 0.0, "oracle": 0, "probes": 0, "interpolated": 0, "images": 0, "missed": 0}
     for p in paths:
-        src = load(p)
-        if p.name not in oracle_bytes:
+        if p.name not in oracle_bytes:  # nothing in range passes: no oracle to compare with
             continue
+        src = load(p)
         rows = table[table["image"] == p.name].sort_values("quality")
         search = OracleSearch(rows, target, has_alpha=src.has_alpha, source_bytes=src.file_bytes)
         feats = features_of(src, (src.width, src.height))

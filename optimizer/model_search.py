@@ -106,10 +106,9 @@ def beaten_by_guess(
     image miss together, partly). Where the first arm came out far larger than expected, the
     miss is often its own (4:2:0 on thin coloured lines needs quality 82 where 4:4:4 passes at
     45, at half the bytes), so the ranking made before any encode no longer holds."""
-    known = [a for a in searched if a.guess is not None]
-    if not known or not math.isfinite(best_bytes):
+    if not searched or not math.isfinite(best_bytes):
         return []
-    miss = math.log(best_bytes / pixels) - min(a.guess.log_bpp for a in known)
+    miss = math.log(best_bytes / pixels) - min(a.guess.log_bpp for a in searched)
     return [
         a for a in arms if math.exp(a.guess.log_bpp + miss / 2) * pixels * REVISE_GAP < best_bytes
     ]

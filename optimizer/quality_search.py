@@ -20,6 +20,7 @@ it is the lowest passing quality (within `tolerance`).
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -201,23 +202,17 @@ def lowest_passing(
 
 
 def _on_grid(probe, bounds, grid, *, start, step, tolerance, **search) -> SearchResult:
-    """`lowest_passing` over the distinct files of `grid` within `bounds`: level i is the i-th
-    of them; the answer and probes carry real qualities."""
+    """`lowest_passing` over the distinct files of `grid` (which starts at the codec's lowest
+    quality) within `bounds`: level i is the i-th of them, `bounds`' bottom standing for the
+    file it makes; the answer and probes carry real qualities."""
     lo, hi = bounds
-    below = [q for q in grid if q <= lo]
-    levels = sorted({lo} | {q for q in grid if lo < q <= hi})
-    if not below:  # the grid does not reach down to lo: every quality its own file there
-        levels = sorted(set(range(lo, min(grid) if grid else hi + 1)) | set(levels))
-
-    def level(q: int) -> int:  # the level whose file quality q encodes
-        return max(i for i, v in enumerate(levels) if v <= q)
-
+    levels = [lo, *(q for q in grid if lo < q <= hi)]
     per = (hi - lo + 1) / len(levels)  # qualities per level
     slope, flat = search.pop("slope"), search.pop("flat")
     inner = lowest_passing(
         lambda i: replace(probe(levels[i]), quality=i),
         (0, len(levels) - 1),
-        start=None if start is None else level(min(max(start, lo), hi)),
+        start=None if start is None else bisect_right(levels, min(max(start, lo), hi)) - 1,
         step=None if step is None else max(1, round(step / per)),
         tolerance=max(1, round(tolerance / per)) if tolerance > 1 else tolerance,
         slope=None if slope is None else slope * per,
@@ -225,9 +220,12 @@ def _on_grid(probe, bounds, grid, *, start, step, tolerance, **search) -> Search
         settle=SETTLE / per,  # a pass settles as close to the target as with every quality
         **search,
     )
-    back = {i: replace(p, quality=levels[i]) for i, p in ((p.quality, p) for p in inner.probes)}
-    best = None if inner.best is None else back[inner.best.quality]
-    return SearchResult(best, [back[p.quality] for p in inner.probes], gave_up=inner.gave_up)
+
+    def real(p: Probe) -> Probe:
+        return replace(p, quality=levels[p.quality])
+
+    best = None if inner.best is None else real(inner.best)
+    return SearchResult(best, [real(p) for p in inner.probes], gave_up=inner.gave_up)
 
 
 def _zero_crossing(a: Probe, b: Probe) -> float:

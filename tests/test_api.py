@@ -91,12 +91,15 @@ def test_api_and_command_agree_on_the_default_target():
 #: child per module name read from stdin, which imports that module first and alone. A cycle in
 #: imgtune's imports shows only when its module is imported first; what was loaded before the
 #: fork is never imgtune's, so each child is as fresh as a new interpreter for that purpose, and
-#: the seconds of importing torch are paid once instead of once per module.
+#: the seconds of importing torch are paid once instead of once per module. Where there is no
+#: fork (Windows), each module gets a new interpreter of its own: slower, the same check.
 _ZYGOTE = """
-import os, sys, traceback
+import os, subprocess, sys, traceback
 import numpy, PIL.Image, torch, pandas, optuna, skimage, typer, rich  # noqa: F401
 assert not [m for m in sys.modules if m == "optimizer" or m.startswith("optimizer.")]
-for name in sys.stdin.read().split():
+
+
+def forked(name):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -111,16 +114,24 @@ for name in sys.stdin.read().split():
     with os.fdopen(r, "rb") as f:
         last = f.read().decode()
     _, status = os.waitpid(pid, 0)
-    if status:
-        print(f"{name}: {last or 'exit status ' + str(status)}")
+    return (last or f"exit status {status}") if status else None
+
+
+def spawned(name):
+    p = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True)
+    return (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1] if p.returncode else None
+
+
+for name in sys.stdin.read().split():
+    failed = (forked if hasattr(os, "fork") else spawned)(name)
+    if failed:
+        print(f"{name}: {failed}")
 """
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter(tmp_path):
     names = sorted(m.name for m in pkgutil.walk_packages(optimizer.__path__, prefix="optimizer."))
     assert "optimizer.cli.tune" in names and "optimizer.quality_search" in names
-    if not hasattr(os, "fork"):
-        pytest.skip("needs os.fork")
     # and one module known to fail, so a harness that reports nothing cannot pass
     (tmp_path / "broken_mod.py").write_text("import optimizer\nraise ImportError('cycle here')\n")
     r = subprocess.run(
