@@ -31,6 +31,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
 from optimizer.images import iter_image_files, load
 from optimizer.model_search import features_of
 from optimizer.quality_model import DEFAULT_MODEL, QualityModel
@@ -71,9 +73,7 @@ def rows_for(paths: list[Path], targets=TARGETS, jobs: int = 2) -> list[dict]:
             if r.image not in feats:
                 continue
             f, pixels = feats[r.image]
-            below = scores.get((r.image, r.arm, int(r.quality) - 1))
-            at = scores[(r.image, r.arm, int(r.quality))]
-            slope = (at - below) / t if below is not None and at > below else None
+            slope = _slope(scores, r.image, r.arm, int(r.quality)) / t
             rows.append(
                 {
                     "image": r.image,
@@ -86,6 +86,27 @@ def rows_for(paths: list[Path], targets=TARGETS, jobs: int = 2) -> list[dict]:
                 }
             )
     return rows
+
+
+#: the qualities either side of the crossing whose scores give its slope
+SLOPE_SPAN = 6
+
+
+def _slope(scores: dict, image: str, arm: str, q: int) -> float:
+    """The score's change per quality step around the crossing at `q`: a least-squares line
+    through the scores within `SLOPE_SPAN` steps either side. Not the one step below `q`: that
+    step is where the file changed by definition (q is the lowest quality making the passing
+    file), so its jump is a grid level's (AVIF's 101 qualities make 64 files), twice the
+    average per step, and the search's first aim from a probe several steps away overshoots."""
+    pts = [
+        (k, scores[(image, arm, k)])
+        for k in range(q - SLOPE_SPAN, q + SLOPE_SPAN + 1)
+        if (image, arm, k) in scores
+    ]
+    if len(pts) < 3:
+        return 0.0
+    x, y = np.array(pts, dtype=float).T
+    return max(float(np.polyfit(x, y, 1)[0]), 0.0)
 
 
 def train(corpora: list[str], out: Path, jobs: int = 2) -> QualityModel:
