@@ -512,12 +512,16 @@ def optimize(
     model: str | PathLike | None = "auto",
     learn: bool = True,
     studies: PathLike | None = None,
+    widths: str | Sequence[int] | None = None,
+    formats: str | Sequence[str] | None = None,
+    name_pattern: str | None = None,
+    html: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Make every image of `src` as small as it can be while it still meets the target, into
-    `out` (mirroring `src`'s tree).
+    `out` (mirroring `src`'s tree), and list the outputs in ``out/imgtune.json`` for builds.
 
     Per image and codec, quality is found by a short search (a guess from earlier images, a
     step to bracket, then interpolation); the smallest passing output wins. An output never
@@ -574,6 +578,17 @@ def optimize(
         needed), or a model file.
     learn, studies:
         Whether this run's results refine the model kept in `studies` (default ``studies/``).
+    widths:
+        One output per width (``"480,960,1920"`` or a list), each no wider than its source
+        (never upscaled; the source's own width where it is narrower than all of them), each
+        searched like a plain output and scored against the source resized to that width.
+        Named by `name_pattern` (default ``{stem}-{width}w``: ``a-480w.avif``).
+    formats:
+        One output per format (``"avif,webp,jpeg"``; also ``jxl``), each the smallest passing
+        file of that format, instead of only the smallest over `codecs`.
+    html:
+        Also write a ``<picture>``/``srcset`` snippet per image into imgtune.json, and the
+        page ``out/imgtune.html`` showing all of them.
     on_start, on_result, on_warning:
         Called with the number of images, with each `ImageOutcome` in input order, and with
         warnings (e.g. invalid manifest lines ignored).
@@ -583,8 +598,8 @@ def optimize(
     `RunSummary`: `.counts` per status, `.source_bytes`, `.output_bytes`, `.saved_bytes`,
     `.encodes_per_image`, `.interrupted`, `.exit_code`.
     """
-    from .codecs import check_codecs, parse_colour, parse_quality_ranges
-    from .image_job import Job
+    from .codecs import CODECS, check_codecs, parse_colour, parse_quality_ranges
+    from .image_job import FORMATS, Job
     from .lossless import split_codecs
     from .predictor import QualityPredictor
     from .probe_speed import parse as parse_probe_speed
@@ -596,10 +611,23 @@ def optimize(
         if target is None:
             target = p.target
     tgt = resolve_target(target, quality)
+    width_list = parse_widths(widths)
+    format_list = parse_formats(formats, tgt)
+    if width_list and (max_width is not None or max_height is not None):
+        raise UsageError("--widths sets each output's width: leave out --max-width/--max-height")
+    names = check_codecs(codecs)
+    if format_list:  # each format's codecs: the lossless ones where `codecs` has them
+        ext = {FORMATS[f] for f in format_list}
+        lossy = [c for c in CODECS if not CODECS[c].lossless and CODECS[c].extension in ext]
+        names = lossy + [c for c in names if CODECS[c].lossless and CODECS[c].extension in ext]
+        names = check_codecs(names)
     chosen, lossless = split_codecs(
-        tgt, check_codecs(codecs), resizes=max_width is not None or max_height is not None,
+        tgt, names, resizes=bool(width_list) or max_width is not None or max_height is not None,
         flattens=background is not None,
     )  # fmt: skip
+    pattern = check_name_pattern(name_pattern) if name_pattern is not None else None
+    if pattern is not None and not width_list:
+        raise UsageError("--name-pattern names the --widths outputs; give --widths too")
     if tolerance < 1:
         raise UsageError("tolerance must be at least 1")
     job = Job.optimize(
@@ -607,15 +635,78 @@ def optimize(
         best_effort=best_effort, background=parse_colour(background), max_width=max_width,
         max_height=max_height, tolerance=tolerance, max_pixels=_limit(max_pixels),
         animated=check_animated(animated), probe_speed=parse_probe_speed(probe_speed),
-        lossless=lossless,
+        lossless=lossless, widths=width_list, formats=format_list,
+        **({"name_pattern": pattern} if pattern else {}),
     )  # fmt: skip
     learner = model_learner(tgt, model, studies=studies_dir(studies) if learn else None)
     return _run_folder(
         src, out, job, QualityPredictor(start), jobs=jobs, cluster=cluster,
         memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
         compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
-        learner=learner,
+        learner=learner, html=html,
     )  # fmt: skip
+
+
+def parse_widths(widths: str | Sequence[int] | None) -> tuple[int, ...]:
+    """``"480,960"`` (or a list) -> (480, 960): positive, sorted, each once."""
+    if widths is None:
+        return ()
+    items = [w.strip() for w in widths.split(",")] if isinstance(widths, str) else list(widths)
+    out = set()
+    for w in items:
+        try:
+            n = int(w)
+        except (TypeError, ValueError):
+            n = 0
+        if isinstance(w, bool) or n < 1 or n > 65500:
+            raise UsageError(f"--widths: {w!r} is not a width in pixels (1-65500)")
+        out.add(n)
+    if not out:
+        raise UsageError("--widths: give at least one width, e.g. 480,960,1920")
+    return tuple(sorted(out))
+
+
+def parse_formats(formats: str | Sequence[str] | None, target: Target) -> tuple[str, ...]:
+    """``"avif,webp,jpeg"`` (or a list) -> the formats, in the order given, each once."""
+    from .image_job import FORMATS
+
+    if formats is None:
+        return ()
+    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    items = ["jpeg" if f == "jpg" else f for f in items if f]
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise UsageError(
+            f"--formats: {', '.join(bad) or '(none)'} not known; known: {', '.join(FORMATS)}"
+        )
+    if target.lossless:
+        raise UsageError(
+            "--formats picks among lossy formats; --quality lossless writes the smallest "
+            "lossless file (choose its codecs with --codecs webp-lossless,png)"
+        )
+    return tuple(dict.fromkeys(items))
+
+
+def check_name_pattern(pattern: str) -> str:
+    """A `--name-pattern`: starts with {stem}, has {width}, names a file beside its source."""
+    import string
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+        sample = pattern.format(stem="a", width=480) if fields == {"stem", "width"} else ""
+    except (ValueError, KeyError, IndexError) as exc:
+        raise UsageError(f"--name-pattern {pattern!r}: {exc}") from None
+    if (
+        not pattern.startswith("{stem}")
+        or not sample
+        or any(c in sample for c in '/\\:*?"<>|')
+        or sample.endswith(".")
+    ):
+        raise UsageError(
+            f"--name-pattern {pattern!r}: must start with {{stem}}, contain {{width}} and no "
+            "other field, and name a file beside its source (no / or \\), e.g. {stem}-{width}w"
+        )
+    return pattern
 
 
 def model_learner(target: Target, model: str | PathLike | None, *, studies: PathLike | None):

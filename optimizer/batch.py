@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image
 
+from .assets import AssetWriter
 from .codecs import CODECS
 from .image_job import (
     STATUSES,
@@ -38,6 +39,7 @@ from .image_job import (
     ImageResult,
     Job,
     Status,
+    Variant,
     optimize_image,
     stem_with,
 )
@@ -96,6 +98,8 @@ class RunSummary:
     manifest_problems: int = 0  # invalid manifest lines ignored (their images redone)
     target: str = ""  # the target every output was judged against
     retried: int = 0  # images rerun on another worker after theirs died (--cluster)
+    sources: int = 0  # images with outputs (each counted once, however many variants)
+    _last: str | None = None
 
     @property
     def saved_bytes(self) -> int:
@@ -109,7 +113,10 @@ class RunSummary:
         self.counts[o.status] += 1
         if o.status == Status.SKIPPED:
             return
-        self.source_bytes += o.source_bytes
+        if o.source != self._last:  # an image's variants follow one another
+            self.source_bytes += o.source_bytes
+            self.sources += 1
+        self._last = o.source
         self.output_bytes += o.output_bytes
         if o.status != Status.UP_TO_DATE:
             self.encodes += o.encodes
@@ -139,6 +146,7 @@ def run_folder(
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    html: bool = False,
 ) -> RunSummary:
     """Process every image under `src_root` into `out_root`. `on_result` is called in input
     order, from the calling thread. Ctrl-C: images in flight finish (whole files only), the
@@ -172,34 +180,49 @@ def run_folder(
             learner=learner,
             names=output_names([p for p in listed if isinstance(p, Path)], src_root),
             key=job.key(suite.describe()),
+            spec=suite.describe(),
         )
         if learner is not None:
             # What this OUT's earlier runs of this job stored is learnt again, in order, from
             # their manifest lines: a resumed run starts from what the first run started from.
             learner.begin(_sha256(f"{out_root}\n{run.key}".encode())[:16])
-        if cluster is None:
-            with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="imgtune") as pool:
-
-                def submit(path, job_, prediction, name, stem, *, pixels=0):
-                    return pool.submit(
-                        optimize_image, path, job_, suite=suite, prediction=prediction,
-                        name=name, stem=stem,
-                    )  # fmt: skip
-
-                try:
-                    summary = _drive(
-                        run, listed, submit=submit, window=lambda: 2 * max(1, jobs),
-                        on_result=on_result,
-                        budget_pixels=None if memory is None else memory / WORKING_SET_PER_PIXEL,
-                    )  # fmt: skip
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            summary = cluster.drive(run, listed, _drive, on_result=on_result)
+        assets = AssetWriter(out, target=str(job.target), html=html)
+        with assets.open():
+            summary = _run(run, listed, suite, jobs, memory, cluster, assets.add, on_result)
+            if not summary.interrupted:  # else the last complete run's document stays
+                assets.commit()
     summary.manifest_problems = manifest.bad_lines
     summary.target = str(job.target)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _run(run, listed, suite, jobs, memory, cluster, add, on_result) -> RunSummary:
+    """`run` over `listed` in threads or on `cluster`; each outcome to `add`, then `on_result`."""
+
+    def emitted(o: ImageOutcome) -> None:
+        add(o)
+        if on_result:
+            on_result(o)
+
+    if cluster is None:
+        with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="imgtune") as pool:
+
+            def submit(path, job_, prediction, name, stem, *, pixels=0):
+                return pool.submit(
+                    optimize_image, path, job_, suite=suite, prediction=prediction,
+                    name=name, stem=stem,
+                )  # fmt: skip
+
+            try:
+                return _drive(
+                    run, listed, submit=submit, window=lambda: 2 * max(1, jobs),
+                    on_result=emitted,
+                    budget_pixels=None if memory is None else memory / WORKING_SET_PER_PIXEL,
+                )  # fmt: skip
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    return cluster.drive(run, listed, _drive, on_result=emitted)
 
 
 #: image k's first guesses use the results of images [0, horizon(k)): in the first
@@ -248,6 +271,9 @@ class _Slot:
     stem: str = ""
     sha: str | None = None
     entry: dict[str, Any] | None = None
+    #: which of the image's outputs (`Variant.tag`; "" for a job without variants), its job
+    variant: str = ""
+    job: Job | None = None
 
 
 @dataclass
@@ -262,6 +288,7 @@ class _FolderRun:
     predictor: QualityPredictor
     names: dict[Path, str]  # source -> output stem
     key: str  # the job's settings, as the manifest records them
+    spec: dict[str, Any] = field(default_factory=dict)  # the metric suite's, for variants' keys
     found: dict[int, _Learnt | dict[str, Any]] = field(default_factory=dict)
     learned: int = 0
     #: the learned quality model and the user's observations (`quality_model.ModelLearner`)
@@ -287,32 +314,44 @@ class _FolderRun:
                 self.predictor.record(r["codec"], int(r["quality"]), True)
             self.learned += 1
 
-    def prepare(self, index: int, item: Path | ImageError) -> _Slot:
+    def prepare(self, index: int, item: Path | ImageError) -> list[_Slot]:
+        """The slots of one source, numbered from `index`: one per output (`Job.variants`)."""
         if isinstance(item, ImageError):  # a link out of SRC: reported, never read
             rel = item.path.relative_to(self.src_root).as_posix()
-            return _Slot(index, rel, outcome=ImageOutcome(rel, Status.SKIPPED, error=str(item)))
+            return [_Slot(index, rel, outcome=ImageOutcome(rel, Status.SKIPPED, error=str(item)))]
         rel = item.relative_to(self.src_root).as_posix()
-        slot = _Slot(index, rel, item, stem=self.names[item], entry=self.manifest.lookup(rel))
-        data = b""
+        data, sha, size = b"", None, (0, 0)
         with suppress(OSError):  # unreadable (a broken link, a folder): `load` says why
             data = item.read_bytes()
-            slot.sha = _sha256(data)
-        entry = slot.entry
-        if slot.sha and _up_to_date(
-            entry, self.key, src_sha=slot.sha, out=self.out, stem=slot.stem, rel=rel
-        ):
-            o = ImageOutcome(**{k: entry[k] for k in _OUTCOME_FIELDS if k in entry})
-            o.status, o.encodes = Status.UP_TO_DATE, 0
-            slot.outcome = o
-            if entry["status"] == Status.WRITTEN or entry.get("found") is not None:
-                self.found[index] = entry
-            return slot
+            sha = _sha256(data)
         with suppress(Exception), warnings.catch_warnings():
             # Its size, from the header: `load` applies the pixel limit and names what is wrong.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
-                slot.pixels = im.size[0] * im.size[1]
-        return slot
+                size = im.size
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # shown turned a quarter
+                    size = size[::-1]
+        # An unreadable source gets its plain slot: `load` says why, once.
+        variants = self.job.variants(size[0]) if size[0] else [Variant()]
+        slots = []
+        for k, v in enumerate(variants):
+            job = self.job.for_variant(v)
+            key = f"{rel}#{v.tag}" if v.tag else rel
+            stem = self.job.variant_stem(self.names[item], v)
+            slot = _Slot(
+                index + k, rel, item, stem=stem, sha=sha, entry=self.manifest.lookup(key),
+                variant=v.tag, job=job, pixels=size[0] * size[1],
+            )  # fmt: skip
+            slots.append(slot)
+            entry = slot.entry
+            job_key = self.key if job is self.job else job.key(self.spec)
+            if sha and _up_to_date(entry, job_key, src_sha=sha, out=self.out, stem=stem, rel=rel):
+                o = ImageOutcome(**{k: entry[k] for k in _OUTCOME_FIELDS if k in entry})
+                o.status, o.encodes = Status.UP_TO_DATE, 0
+                slot.outcome = o
+                if entry["status"] == Status.WRITTEN or entry.get("found") is not None:
+                    self.found[slot.index] = entry
+        return slots
 
     def finish(self, slot: _Slot) -> ImageOutcome:
         """The image's outcome, its output written and its manifest line appended."""
@@ -333,6 +372,10 @@ class _FolderRun:
         # Only what the predictor will learn from it waits for its turn, not the output's bytes
         # (up to `MAX_LAG` images wait).
         self.found[slot.index] = _Learnt(r.found, r.winner, r.gains, r.observations)
+        r.outcome.variant = slot.variant or None
+        if slot.variant and r.outcome.error:  # which of the image's outputs it is about
+            path = str(slot.path)
+            r.outcome.error = r.outcome.error.replace(path, f"{path} ({slot.variant})", 1)
         try:
             return self._write(slot, r)
         except OutputUnwritableError:
@@ -357,7 +400,7 @@ class _FolderRun:
         self.manifest.append(
             {
                 **outcome.record(),
-                "job": self.key,
+                "job": self.key if slot.job in (None, self.job) else slot.job.key(self.spec),
                 "sha256": slot.sha or _sha256(path.read_bytes()),
                 "output_sha256": _sha256(body),
                 # what the predictor learnt from it (the qualities found at the probe speed,
@@ -402,27 +445,30 @@ def _drive(
             on_result(o)
 
     try:
-        for k, item in enumerate(items):
-            h = horizon(k)
-            limit = window()
-            while pending and (len(pending) >= limit or pending[0].index < h):
-                emit()
-            run.learn_until(h)
-            slot = run.prepare(k, item)
-            if slot.outcome is None:
-                while (
-                    budget_pixels is not None
-                    and pending
-                    and sum(s.pixels for s in pending) + slot.pixels > budget_pixels
-                ):
+        k = 0  # slots so far: an image's outputs are one each (`Job.variants`)
+        for item in items:
+            for slot in run.prepare(k, item):
+                k += 1
+                h = horizon(slot.index)
+                limit = window()
+                while pending and (len(pending) >= limit or pending[0].index < h):
                     emit()
-                prediction = run.predictor.snapshot(codecs)
-                if run.learner is not None:
-                    prediction = replace(prediction, model=run.learner.current())
-                slot.future = submit(
-                    slot.path, run.job, prediction, slot.rel, slot.stem, pixels=slot.pixels
-                )
-            pending.append(slot)
+                run.learn_until(h)
+                if slot.outcome is None:
+                    while (
+                        budget_pixels is not None
+                        and pending
+                        and sum(s.pixels for s in pending) + slot.pixels > budget_pixels
+                    ):
+                        emit()
+                    prediction = run.predictor.snapshot(codecs)
+                    if run.learner is not None:
+                        prediction = replace(prediction, model=run.learner.current())
+                    slot.future = submit(
+                        slot.path, slot.job or run.job, prediction, slot.rel, slot.stem,
+                        pixels=slot.pixels,
+                    )  # fmt: skip
+                pending.append(slot)
         while pending:
             emit()
     except KeyboardInterrupt:
@@ -446,6 +492,9 @@ def _cancel(pending: deque[_Slot]) -> None:
 
 _OUTCOME_FIELDS = (
     "source",
+    "variant",
+    "width",
+    "height",
     "status",
     "source_bytes",
     "output",

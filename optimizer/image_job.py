@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -43,11 +43,13 @@ from .targets import Target
 
 __all__ = [
     "FLAT",
+    "FORMATS",
     "ImageOutcome",
     "ImageResult",
     "Job",
     "Mode",
     "Status",
+    "Variant",
     "optimize_image",
 ]
 
@@ -58,6 +60,32 @@ PLACEHOLDER_QUALITY = 75
 #: margin change per quality step below which quality is judged not to matter (4:2:0 searches
 #: give up there and the 4:4:4 retry takes over)
 FLAT = 2e-4
+#: what `--formats` names: a format -> the extension of its files (its codecs: those writing
+#: it, lossy and lossless: webp is WebP and lossless WebP)
+FORMATS = {"avif": ".avif", "webp": ".webp", "jpeg": ".jpg", "jxl": ".jxl"}
+#: the formats a browser shows: an output of a width or format variant may be the source itself
+#: (kept: nothing smaller passed) only where the source is in one of them, or in its format
+WEB_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF")
+#: `--widths` variants' names, without the extension
+DEFAULT_NAME_PATTERN = "{stem}-{width}w"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One output of an image: at a `--widths` width (None: the source's size, or the
+    `--max-width`/`--max-height` box) in a `--formats` format (None: the smallest of the job's
+    codecs)."""
+
+    width: int | None = None
+    format: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """How the manifest tells an image's variants apart ("480w.avif", "960w", "jpeg"), or
+        "" for the one output of a job without variants."""
+        return ".".join(
+            ([f"{self.width}w"] if self.width else []) + ([self.format] if self.format else [])
+        )
 
 
 class Status(StrEnum):
@@ -102,6 +130,14 @@ class Job:
     #: lossless recipes (`optimizer.lossless`): under a lossy target, tried after the search
     #: where they may win; under the `lossless` target, the only ones
     lossless: tuple[Candidate, ...] = ()
+    #: one output per width (`variants`), each no wider than its source
+    widths: tuple[int, ...] = ()
+    #: one output per format (`FORMATS`), each the smallest passing file of that format
+    formats: tuple[str, ...] = ()
+    #: the names of width variants, without the extension
+    name_pattern: str = DEFAULT_NAME_PATTERN
+    #: the source formats (Pillow's names) an output may be the source itself in (None: any)
+    keep_formats: tuple[str, ...] | None = None
     #: how sources are read (not part of `key`: they change which files load, not an output)
     max_pixels: int = DEFAULT_MAX_PIXELS
     animated: AnimatedPolicy = "refuse"
@@ -127,6 +163,42 @@ class Job:
         """`apply`'s job: one recipe on every image, its quality searched only with `refine`."""
         return cls("apply", target, (recipe,), search=refine, **settings)
 
+    def variants(self, width: int) -> list[Variant]:
+        """The outputs of a source `width` pixels wide (after EXIF orientation): one per
+        `widths` width no wider than it, and its own width where a width asked for is wider
+        (never upscaled: the largest screens get the most the source has, as eleventy-img
+        does), times one per `formats` format; one plain output without either."""
+        widths: list[int | None] = [None]
+        if self.widths:
+            widths = [w for w in self.widths if w <= width]
+            if max(self.widths) > width and width not in widths:
+                widths.append(width)
+        return [Variant(w, f) for w in widths for f in (self.formats or (None,))]
+
+    def for_variant(self, v: Variant) -> Job:
+        """The job of one variant: its width as the box, its format's codecs only, and the
+        source kept (nothing smaller passed) only where its format is one the variant may be."""
+        if not v.tag:
+            return self
+        bases, lossless, keep = self.bases, self.lossless, WEB_FORMATS
+        if v.format is not None:
+            ext = FORMATS[v.format]
+            bases = tuple(b for b in bases if CODECS[b.codec].extension == ext)
+            lossless = tuple(c for c in lossless if CODECS[c.codec].extension == ext)
+            keep = tuple({CODECS[b.codec].pil_format for b in bases})
+        return replace(
+            self, bases=bases, lossless=lossless, max_width=v.width or self.max_width,
+            widths=(), formats=(), name_pattern=DEFAULT_NAME_PATTERN, keep_formats=keep,
+        )  # fmt: skip
+
+    def variant_stem(self, stem: str, v: Variant) -> str:
+        """The output path of variant `v` of the source whose plain output stem is `stem`."""
+        if v.width is None:
+            return stem
+        folder, _, name = stem.rpartition("/")
+        named = self.name_pattern.format(stem=name, width=v.width)
+        return f"{folder}/{named}" if folder else named
+
     def bounds_for(self, codec: str) -> tuple[int, int]:
         return dict(self.bounds).get(codec, CODECS[codec].quality_range)
 
@@ -139,8 +211,12 @@ class Job:
         # probe_speed only where it changes outputs: other jobs keep the keys they had before
         # it existed, so their outputs stay up to date
         fast = {"probe_speed": self.probe_speed} if self.fast_probes else {}
-        # and lossless recipes only where there are some, likewise
+        # and lossless recipes only where there are some, likewise; and variants
         extra = {"lossless": [c.as_dict() for c in self.lossless]} if self.lossless else {}
+        if self.widths or self.formats:
+            extra["variants"] = [list(self.widths), list(self.formats), self.name_pattern]
+        if self.keep_formats is not None:
+            extra["keep_formats"] = list(self.keep_formats)
         blob = json.dumps(
             {
                 **fast,
@@ -177,6 +253,11 @@ class ImageOutcome:
     meets_target: bool | None = None
     encodes: int = 0
     error: str | None = None
+    #: which of the image's outputs (`Variant.tag`); None: its only one
+    variant: str | None = None
+    #: the output's size in pixels
+    width: int | None = None
+    height: int | None = None
 
     @property
     def saved_bytes(self) -> int:
@@ -278,7 +359,11 @@ def optimize_image(
             "fit it with --max-width/--max-height or allow another codec"
         )
         return ImageResult(outcome)
-    search = ImageSearch(images, job.target, resized=images.resized, source_bytes=src.file_bytes)
+    # The source may be the output (nothing smaller passed) only at its own size, and in a
+    # format the output may have (a variant asked for AVIF is not a JPEG source).
+    comparable = not images.resized and (job.keep_formats is None or src.format in job.keep_formats)
+    outcome.width, outcome.height = w, h
+    search = ImageSearch(images, job.target, resized=not comparable, source_bytes=src.file_bytes)
     found: dict[str, int] = {}
     observed: list[dict[str, Any]] = []
     t = (
@@ -349,7 +434,7 @@ def optimize_image(
     # Nothing passed and beat the source. Did anything pass at all?
     passing = any(p.passed for p in search.probes)
     # A search stopped by the source's size: passing would take more bytes than the original.
-    too_large = not images.resized and any(p.bytes >= src.file_bytes for p in search.probes)
+    too_large = comparable and any(p.bytes >= src.file_bytes for p in search.probes)
     if passing or too_large:
         # The original is kept: it is the reference, so it meets any target (no scores needed).
         outcome.meets_target = True
@@ -369,7 +454,7 @@ def optimize_image(
     )
     if job.best_effort:
         _, data = images.render(images.items[0], c)
-        if images.resized or len(data) < src.file_bytes:
+        if not comparable or len(data) < src.file_bytes:
             result.payload = data
             _fill(outcome, Status.BEST_EFFORT, stem=stem, cand=c, probe=closest, values=values)
             outcome.error = missed + "; written anyway (--best-effort)"

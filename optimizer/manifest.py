@@ -26,7 +26,7 @@ from typing import Any
 from .codecs import CODECS
 from .outdir import OutputDir, UnsafePathError, check_relative
 
-__all__ = ["MANIFEST_NAME", "MAX_LINE", "Manifest", "validate_entry"]
+__all__ = ["MANIFEST_NAME", "MAX_LINE", "Manifest", "entry_key", "validate_entry"]
 
 MANIFEST_NAME = ".imgtune-manifest.jsonl"
 #: a real line is about 1 KiB; anything past this is not one of ours
@@ -34,6 +34,7 @@ MAX_LINE = 64 * 1024
 #: statuses that put an output in OUT, hence a manifest line
 _WRITTEN = frozenset({"written", "kept", "missed", "best_effort"})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_TAG = re.compile(r"^(?:[1-9][0-9]{0,5}w(?:\.[a-z]{3,4})?|[a-z]{3,4})$")
 _SHOWN = 10  # problems named one by one; the rest are counted
 
 
@@ -47,6 +48,12 @@ def _finite(v: Any) -> bool:
 
 def _opt(v: Any, kind: type | tuple[type, ...]) -> bool:
     return v is None or (isinstance(v, kind) and not isinstance(v, bool))
+
+
+def entry_key(entry: dict[str, Any]) -> str:
+    """What a line is looked up by: its source, and which of its outputs (`Variant.tag`)."""
+    v = entry.get("variant")
+    return f"{entry['source']}#{v}" if v else entry["source"]
 
 
 def validate_entry(entry: Any) -> dict[str, Any]:
@@ -64,7 +71,12 @@ def validate_entry(entry: Any) -> dict[str, Any]:
     src_dir, _, src_name = entry["source"].rpartition("/")
     out_dir, _, out_name = entry["output"].rpartition("/")
     stem = src_name.rsplit(".", 1)[0] if "." in src_name[1:] else src_name
-    if out_dir != src_dir or not (out_name == src_name or out_name.startswith(stem + ".")):
+    variant = entry.get("variant")
+    if variant is not None and not (isinstance(variant, str) and _TAG.match(variant)):
+        raise ValueError("field variant is not what imgtune writes")
+    # A variant's name is the source's stem and more (a-480w.avif: `Job.name_pattern`).
+    named = out_name.startswith(stem + ("" if variant else "."))
+    if out_dir != src_dir or not (out_name == src_name or named):
         raise ValueError(f"output {entry['output']!r} is not named after its source")
     checks = {
         "status": entry.get("status") in _WRITTEN,
@@ -85,6 +97,8 @@ def validate_entry(entry: Any) -> dict[str, Any]:
         "observations": _opt(entry.get("observations"), list)
         and all(_observation(o) for o in entry.get("observations") or []),
         "error": _opt(entry.get("error"), str),
+        "width": _opt(entry.get("width"), int),
+        "height": _opt(entry.get("height"), int),
         "meets_target": entry.get("meets_target") in (None, True, False),
         "scores": isinstance(entry.get("scores", {}), dict)
         and all(
@@ -180,7 +194,7 @@ class Manifest:
                 if entry is None:
                     self._problem(f"line {number}: {why}")
                     continue
-                self.offsets[entry["source"]] = offset
+                self.offsets[entry_key(entry)] = offset
                 if entry["status"] == "written" and entry["codec"] and entry["quality"]:
                     self.history.append((entry["job"], entry["codec"], entry["quality"]))
         return count
@@ -198,7 +212,8 @@ class Manifest:
         self.offsets = offsets
 
     def lookup(self, rel: str) -> dict[str, Any] | None:
-        """The last valid line for source `rel`, validated again as it is read (None: none)."""
+        """The last valid line for source `rel` (with "#" and a variant's tag: that output's),
+        validated again as it is read (None: none)."""
         with self._lock:
             offset = self.offsets.get(rel)
         if offset is None:
@@ -211,7 +226,7 @@ class Manifest:
                 entry = validate_entry(json.loads(f.readline(MAX_LINE + 1)))
             except (ValueError, UnicodeDecodeError, RecursionError):
                 return None
-        return entry if entry["source"] == rel else None
+        return entry if entry_key(entry) == rel else None
 
     def append(self, entry: dict[str, Any]) -> None:
         """Add a line (after its output is in place). A failed write (a full disk) is cut
@@ -231,4 +246,4 @@ class Manifest:
                 with suppress(OSError):
                     os.ftruncate(fd, size)
                 raise self.out.classify(MANIFEST_NAME, exc) from exc
-            self.offsets[entry["source"]] = size + len(prefix)
+            self.offsets[entry_key(entry)] = size + len(prefix)

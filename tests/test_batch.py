@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from optimizer.assets import ASSETS_NAME
 from optimizer.batch import run_folder
 from optimizer.cli import app
 from optimizer.image_job import Job
@@ -36,7 +37,7 @@ from .conftest import ROOT, SAMPLES, thumbnails
 runner = CliRunner()
 TARGET = "ssimulacra2>=80"
 #: imgtune's own files in OUT beside the outputs
-OURS = (MANIFEST_NAME, LOCK_NAME)
+OURS = (MANIFEST_NAME, LOCK_NAME, ASSETS_NAME)
 
 
 def _ndjson(text: str) -> list[dict]:

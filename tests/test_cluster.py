@@ -97,7 +97,7 @@ def test_a_local_cluster_writes_the_same_files_as_one_thread(tmp_path):
     many = _imgtune("optimize", str(src), str(tmp_path / "many"), "--cluster", "local:2", *common)
     assert many.returncode == 0, many.stderr
     a, b = _digests(tmp_path / "one"), _digests(tmp_path / "many")
-    assert len(a) == N_SAME and a == b
+    assert len(a) == N_SAME + 1 and "imgtune.json" in a and a == b  # and the same imgtune.json
     sa = json.loads(one.stdout.splitlines()[-1])
     sb = json.loads(many.stdout.splitlines()[-1])
     assert sb["counts"]["written"] == N_SAME and sb["retried"] == 0

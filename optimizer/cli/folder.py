@@ -111,6 +111,7 @@ class _Printer:
         self.as_json, self.report = as_json, report
         self.rows: list[dict] = []
         self.saved = 0
+        self.last: str | None = None
         self.bar = progress_bar(verb, "saved")
         self.task = self.bar.add_task(verb, total=None, saved="")
 
@@ -121,9 +122,12 @@ class _Printer:
         rec = o.record()
         if self.report is not None:
             self.rows.append(rec)
-        if o.status != "skipped":
+        if o.status != "skipped" and not o.variant:  # variants: several outputs per source
             self.saved += o.saved_bytes
-        self.bar.update(self.task, advance=1, saved=f"{self.saved / 1e6:.1f} MB saved")
+        # One step per source: its outputs (--widths, --formats) follow one another.
+        step = int(o.source != self.last)
+        self.last = o.source
+        self.bar.update(self.task, advance=step, saved=f"{self.saved / 1e6:.1f} MB saved")
         if o.status == "skipped":
             warn("skipped", o.error)
         elif o.status in ("missed", "best_effort"):
@@ -179,6 +183,7 @@ def _finish(summary, *, as_json: bool, out_dir: Path) -> None:
                 "output_bytes": summary.output_bytes,
                 "saved_bytes": summary.saved_bytes,
                 "encodes_per_image": round(summary.encodes_per_image, 3),
+                "sources": summary.sources,
                 "target": target,
                 "seconds": round(summary.seconds, 2),
                 "interrupted": summary.interrupted,
@@ -188,14 +193,22 @@ def _finish(summary, *, as_json: bool, out_dir: Path) -> None:
         )
     else:
         pct = 100 * summary.saved_bytes / summary.source_bytes if summary.source_bytes else 0.0
+        files = sum(c[k] for k in ("written", "kept", "missed", "best_effort", "up_to_date"))
+        if files > summary.sources:  # --widths/--formats: several outputs per source
+            err.print(
+                f"{summary.sources} images -> {files} files; {summary.source_bytes:,} bytes of "
+                f"sources, {summary.output_bytes:,} of outputs in all; OUT/imgtune.json lists them"
+            )
         err.print(
             f"{c['written']} written, {c['kept']} kept as the original, {c['missed']} missed the "
             f"target (original kept), {c['best_effort']} best-effort, {c['skipped']} skipped, "
             f"{c['up_to_date']} already up to date -> {out_dir}"
         )
+        sizes = f"{summary.source_bytes:,} -> {summary.output_bytes:,} bytes ({pct:.1f}% smaller); "
+        if files > summary.sources:
+            sizes = ""
         err.print(
-            f"{summary.source_bytes:,} -> {summary.output_bytes:,} bytes ({pct:.1f}% smaller); "
-            f"{summary.encodes_per_image:.2f} encodes per image searched; target {target}; "
+            f"{sizes}{summary.encodes_per_image:.2f} encodes per output searched; target {target}; "
             f"{summary.seconds:.1f} s"
             + (f"; {summary.retried} rerun after a worker died" if summary.retried else "")
             + ("; [yellow]interrupted[/yellow]" if summary.interrupted else "")
@@ -273,6 +286,41 @@ def optimize(
             "$IMGTUNE_STUDIES, else studies/)."
         ),
     ] = None,
+    widths: Annotated[
+        str | None,
+        typer.Option(
+            help="One output per width, e.g. 480,960,1920: each no wider than its source (the "
+            "source's own width where it is narrower than all), each meeting the target "
+            "against the source resized to it. Named a-480w.avif (see --name-pattern).",
+            rich_help_panel="Web assets",
+        ),
+    ] = None,
+    formats: Annotated[
+        str | None,
+        typer.Option(
+            help="One output per format, e.g. avif,webp,jpeg (also jxl): each the smallest "
+            "passing file of its format, for <picture> fallbacks. Default: one output, the "
+            "smallest of --codecs.",
+            rich_help_panel="Web assets",
+        ),
+    ] = None,
+    name_pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Names of --widths outputs, without the extension: {stem} (the source's name "
+            "without its suffix) then anything with {width}. Default {stem}-{width}w.",
+            rich_help_panel="Web assets",
+        ),
+    ] = None,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="Add a <picture>/srcset snippet per image to OUT/imgtune.json, and write "
+            "OUT/imgtune.html showing them all.",
+            rich_help_panel="Web assets",
+        ),
+    ] = False,
 ) -> None:
     """Make every image of SRC as small as it can be while it still meets the target.
 
@@ -284,6 +332,10 @@ def optimize(
     output is up to date (OUT/.imgtune-manifest.jsonl); Ctrl-C leaves only whole files.
     Nothing outside OUT is touched, one run per OUT at a time (a second exits 4 naming the
     first); a full or read-only OUT stops with one line (exit 4) and the same command resumes.
+
+    For web builds: --widths and --formats make several outputs per image, each held to the
+    target; OUT/imgtune.json lists every image's outputs (path, format, width, height,
+    bytes, quality, scores) when the run completes; --html adds <picture> snippets.
     """
     summary = _Printer("optimizing", as_json, report).run(
         api.optimize, src, out_dir, target=target, quality=quality, codecs=codecs,
@@ -292,7 +344,8 @@ def optimize(
         max_width=max_width, max_height=max_height, jobs=jobs, cluster=cluster, memory=memory,
         follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
-        compile=compile, model=model, learn=learn, studies=studies,
+        compile=compile, model=model, learn=learn, studies=studies, widths=widths,
+        formats=formats, name_pattern=name_pattern, html=html,
     )  # fmt: skip
     _finish(summary, as_json=as_json, out_dir=out_dir)
 
