@@ -490,7 +490,7 @@ def optimize(
     out: PathLike,
     *,
     target: str | Target | None = None,
-    quality: str = "high",
+    quality: str | None = None,
     codecs: str | Sequence[str] = ("avif", "webp", "webp-lossless", "png"),
     preset: PathLike | Preset | None = None,
     tolerance: int = 1,
@@ -516,6 +516,7 @@ def optimize(
     formats: str | Sequence[str] | None = None,
     name_pattern: str | None = None,
     html: bool = False,
+    max_bytes: str | int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
@@ -589,6 +590,13 @@ def optimize(
     html:
         Also write a ``<picture>``/``srcset`` snippet per image into imgtune.json, and the
         page ``out/imgtune.html`` showing all of them.
+    max_bytes:
+        A budget per output (``"150KB"``, ``"1.5MiB"``, bytes): alone (no `target`, no
+        `quality`), the highest-scoring encode under it across `codecs` (the source where it
+        fits and may be the output); with a target, the smallest passing file if it fits,
+        else the best under the budget, flagged ``best_effort``. Where no encode fits, the
+        source is kept and the image reported (the smallest encode written with
+        `best_effort`).
     on_start, on_result, on_warning:
         Called with the number of images, with each `ImageOutcome` in input order, and with
         warnings (e.g. invalid manifest lines ignored).
@@ -610,7 +618,11 @@ def optimize(
         start[p.candidate.codec] = p.candidate.quality
         if target is None:
             target = p.target
-    tgt = resolve_target(target, quality)
+    budget = parse_bytes(max_bytes) if max_bytes is not None else None
+    budget_only = budget is not None and target is None and quality is None
+    tgt = resolve_target(target, quality or "high")
+    if budget is not None and tgt.lossless:
+        raise UsageError("--max-bytes picks among lossy encodes; --quality lossless has no choice")
     width_list = parse_widths(widths)
     format_list = parse_formats(formats, tgt)
     if width_list and (max_width is not None or max_height is not None):
@@ -635,8 +647,8 @@ def optimize(
         best_effort=best_effort, background=parse_colour(background), max_width=max_width,
         max_height=max_height, tolerance=tolerance, max_pixels=_limit(max_pixels),
         animated=check_animated(animated), probe_speed=parse_probe_speed(probe_speed),
-        lossless=lossless, widths=width_list, formats=format_list,
-        **({"name_pattern": pattern} if pattern else {}),
+        lossless=lossless, widths=width_list, formats=format_list, max_bytes=budget,
+        budget_only=budget_only, **({"name_pattern": pattern} if pattern else {}),
     )  # fmt: skip
     learner = model_learner(tgt, model, studies=studies_dir(studies) if learn else None)
     return _run_folder(
@@ -645,6 +657,29 @@ def optimize(
         compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
         learner=learner, html=html,
     )  # fmt: skip
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"150KB"`` (1000s), ``"150KiB"`` (1024s), ``"1.5MB"`` or a number of bytes -> bytes."""
+    import re
+
+    if isinstance(text, int) and not isinstance(text, bool):
+        n = text
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+        unit = m.group(2).lower() if m else ""
+        if m is None or unit not in _UNITS:
+            raise UsageError(
+                f"--max-bytes {text!r}: give bytes, or a number with KB, KiB, MB or MiB "
+                "(e.g. 150KB)"
+            )
+        n = int(float(m.group(1)) * _UNITS[unit])
+    if n < 1:
+        raise UsageError(f"--max-bytes {text!r}: must be at least 1 byte")
+    return n
 
 
 def parse_widths(widths: str | Sequence[int] | None) -> tuple[int, ...]:

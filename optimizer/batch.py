@@ -192,7 +192,7 @@ def run_folder(
             if not summary.interrupted:  # else the last complete run's document stays
                 assets.commit()
     summary.manifest_problems = manifest.bad_lines
-    summary.target = str(job.target)
+    summary.target = job.goal()
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import lossless, model_search
-from .codecs import CODECS
+from .codecs import CODECS, quality_grid
 from .image_search import ImageSearch
 from .images import DEFAULT_MAX_PIXELS, AnimatedPolicy, ImageError, SourceImage, load
 from .predictor import Prediction
 from .probe_speed import DEFAULT_PROBE_SPEED, fast_recipe
-from .quality_search import Probe
+from .quality_search import Probe, lowest_passing
 from .recipe import Candidate
 from .search import ImageSet
 from .targets import Target
@@ -138,6 +138,10 @@ class Job:
     name_pattern: str = DEFAULT_NAME_PATTERN
     #: the source formats (Pillow's names) an output may be the source itself in (None: any)
     keep_formats: tuple[str, ...] | None = None
+    #: every output at most this many bytes (`within_budget`)
+    max_bytes: int | None = None
+    #: with `max_bytes`: no target to meet, the highest-scoring encode under the budget
+    budget_only: bool = False
     #: how sources are read (not part of `key`: they change which files load, not an output)
     max_pixels: int = DEFAULT_MAX_PIXELS
     animated: AnimatedPolicy = "refuse"
@@ -162,6 +166,15 @@ class Job:
     def apply(cls, recipe: Candidate, target: Target, *, refine: bool = False, **settings: Any):
         """`apply`'s job: one recipe on every image, its quality searched only with `refine`."""
         return cls("apply", target, (recipe,), search=refine, **settings)
+
+    def goal(self) -> str:
+        """What the outputs were held to, in words (the run's summary)."""
+        if self.max_bytes is None:
+            return str(self.target)
+        within = f"at most {self.max_bytes:,} bytes"
+        if self.budget_only:
+            return f"the best {self.target.clauses[0].metric} in {within}"
+        return f"{self.target}, {within}"
 
     def variants(self, width: int) -> list[Variant]:
         """The outputs of a source `width` pixels wide (after EXIF orientation): one per
@@ -217,6 +230,8 @@ class Job:
             extra["variants"] = [list(self.widths), list(self.formats), self.name_pattern]
         if self.keep_formats is not None:
             extra["keep_formats"] = list(self.keep_formats)
+        if self.max_bytes is not None:
+            extra["max_bytes"] = [self.max_bytes, self.budget_only]
         blob = json.dumps(
             {
                 **fast,
@@ -364,6 +379,8 @@ def optimize_image(
     comparable = not images.resized and (job.keep_formats is None or src.format in job.keep_formats)
     outcome.width, outcome.height = w, h
     search = ImageSearch(images, job.target, resized=not comparable, source_bytes=src.file_bytes)
+    if job.budget_only:
+        return within_budget(path, src, images, search, job, fits, outcome, stem, comparable)
     found: dict[str, int] = {}
     observed: list[dict[str, Any]] = []
     t = (
@@ -424,6 +441,10 @@ def optimize_image(
     lossless.consider(search, images, job)  # a lossless file, where it may beat the lossy ones
     outcome.encodes = images.encodes
     gains = {c: g for c, g in search.gains.items() if c in found}  # the 4:4:4 retry's aside
+    if job.max_bytes is not None and not _fits(search, src, comparable, job.max_bytes):
+        result = within_budget(path, src, images, search, job, fits, outcome, stem, comparable)
+        result.found, result.gains, result.observations = found, gains, observed
+        return result
     result = ImageResult(outcome, found=found, gains=gains, observations=observed)
     if search.best is not None:
         cand, values = search.best.result
@@ -468,6 +489,99 @@ def optimize_image(
     outcome.error = missed + (
         "; original kept" if not job.best_effort else "; original kept (smaller)"
     )
+    return result
+
+
+def _fits(search: ImageSearch, src: SourceImage, comparable: bool, budget: int) -> bool:
+    """Whether what the target's search would write (its best, else the source) fits."""
+    if search.best is not None:
+        return search.best.bytes <= budget
+    passing = any(p.passed for p in search.probes)
+    return comparable and passing and src.file_bytes <= budget
+
+
+def within_budget(
+    path: Path,
+    src: SourceImage,
+    images: ImageSet,
+    search: ImageSearch,
+    job: Job,
+    fits: Sequence[Candidate],
+    outcome: ImageOutcome,
+    stem: str,
+    comparable: bool,
+) -> ImageResult:
+    """The highest-scoring encode of at most `job.max_bytes` (imgproxy's "size" mode): per codec,
+    the highest quality whose file fits (a bisection on bytes: encodes, not scored; over the
+    distinct files only where the codec has a grid), then those scored, the best margin on
+    the target winning. Without a target to meet (`budget_only`) it is written as the answer;
+    with one, only because no passing file fits, so flagged (best_effort). Where nothing fits,
+    the source is kept (or, with `best_effort`, the smallest encode written, flagged); where the
+    source itself fits and may be the output, it is the best there is."""
+    budget = job.max_bytes
+    assert budget is not None
+    result = ImageResult(outcome)
+    if job.budget_only and comparable and src.file_bytes <= budget:
+        outcome.status, outcome.meets_target = Status.KEPT, None
+        outcome.output = stem_with(stem, Path(outcome.source).suffix)
+        outcome.output_bytes = src.file_bytes
+        return result
+    chosen: list[Probe] = []
+    smallest: tuple[int, Candidate] | None = None
+    for base in fits:
+        grid = None if src.has_alpha else quality_grid(base.codec)
+
+        def size(q: int, base: Candidate = base) -> Probe:
+            n = len(images.encode(0, base.with_quality(q)))
+            # log bytes: nearly a straight line in quality, so the secant aims well
+            return Probe(q, n, n > budget, math.log(max(n, 1) / budget))
+
+        r = lowest_passing(size, job.bounds_for(base.codec), grid=grid)
+        low = min(r.probes, key=lambda p: p.bytes)
+        if smallest is None or low.bytes < smallest[0]:
+            smallest = (int(low.bytes), base.with_quality(low.quality))
+        under = [p for p in r.probes if not p.passed]
+        if under:  # the highest quality that fits, scored (its bytes are kept: no re-encode)
+            p = search.probe(base.with_quality(max(under, key=lambda p: p.quality).quality))
+            search.probes.append(p)
+            chosen.append(p)
+    outcome.encodes = images.encodes
+    kb = f"{budget:,} bytes"
+    if chosen:
+        best = max(chosen, key=lambda p: p.margin)
+        cand, values = best.result
+        _, result.payload = images.render(images.items[0], cand)
+        result.winner = cand.codec
+        met = best.passed or job.budget_only
+        _fill(outcome, Status.WRITTEN if met else Status.BEST_EFFORT, stem=stem, cand=cand,
+              probe=best, values=values)  # fmt: skip
+        if job.budget_only:
+            outcome.meets_target = None  # no target: the best under the budget
+        elif not best.passed:
+            outcome.error = (
+                f"{path}: no file meeting {job.target} fits in {kb}; the best under it written "
+                f"({cand.codec} q{cand.quality}, "
+                + ", ".join(f"{k}={values[k]:.4g}" for k in job.target.metrics)
+                + ")"
+            )
+        return result
+    assert smallest is not None
+    nbytes, cand = smallest
+    missed = f"{path}: no {'/'.join(b.codec for b in fits)} encode fits in {kb}; the smallest is "
+    missed += f"{nbytes:,} bytes ({cand.codec} q{cand.quality})"
+    if job.best_effort:
+        p = search.probe(cand)
+        c, values = p.result
+        _, result.payload = images.render(images.items[0], c)
+        _fill(outcome, Status.BEST_EFFORT, stem=stem, cand=c, probe=p, values=values)
+        outcome.meets_target = False
+        outcome.error = missed + "; written anyway (--best-effort)"
+        outcome.encodes = images.encodes
+        return result
+    outcome.status, outcome.meets_target = Status.MISSED, False
+    outcome.output = stem_with(stem, Path(outcome.source).suffix)
+    outcome.output_bytes = src.file_bytes
+    outcome.error = missed + "; original kept"
     return result
 
 

@@ -314,9 +314,12 @@ class ImageSet:
         """`cand`'s file of image `idx`, not scored (a lossless one is compared by its bytes
         first): counted in `encodes` and, with `keep_encoded`, kept, so that scoring or writing
         it later encodes nothing and counts nothing more."""
-        _, data = self.render(self.items[idx], cand)
-        with self._lock:
-            self.encodes += 1
+        item = self.items[idx]
+        had = self.encoded is not None and (item.source.sha256, cand) in self.encoded
+        _, data = self.render(item, cand)
+        if not had:  # a file kept from before is not encoded again
+            with self._lock:
+                self.encodes += 1
         return data
 
     def default_jpeg_bytes(self) -> int:

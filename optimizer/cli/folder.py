@@ -21,7 +21,6 @@ from .common import (
     MaxHeightOpt,
     MaxPixelsOpt,
     MaxWidthOpt,
-    QualityOpt,
     TargetOpt,
     WeightsOpt,
     err,
@@ -208,8 +207,8 @@ def _finish(summary, *, as_json: bool, out_dir: Path) -> None:
         if files > summary.sources:
             sizes = ""
         err.print(
-            f"{sizes}{summary.encodes_per_image:.2f} encodes per output searched; target {target}; "
-            f"{summary.seconds:.1f} s"
+            f"{sizes}{summary.encodes_per_image:.2f} encodes per output searched; "
+            f"held to {target}; {summary.seconds:.1f} s"
             + (f"; {summary.retried} rerun after a worker died" if summary.retried else "")
             + ("; [yellow]interrupted[/yellow]" if summary.interrupted else "")
         )
@@ -220,7 +219,14 @@ def optimize(
     src: SrcArg,
     out_dir: OutArg,
     target: TargetOpt = None,
-    quality: QualityOpt = "high",
+    quality: Annotated[
+        str | None,
+        typer.Option(
+            help="Named target on SSIMULACRA2's scale: low (ssimulacra2>=50), medium (>=70: "
+            "artifacts visible, not annoying), high (>=80, the default: not noticeable side by "
+            "side at 1:1), lossless-looking (>=90); or lossless (pixel-identical outputs)."
+        ),
+    ] = None,
     codecs: Annotated[
         str,
         typer.Option(
@@ -312,6 +318,16 @@ def optimize(
             rich_help_panel="Web assets",
         ),
     ] = None,
+    max_bytes: Annotated[
+        str | None,
+        typer.Option(
+            help="A budget per output, e.g. 150KB (1000s; KiB: 1024s), 1.5MB or bytes. Alone: "
+            "the highest-scoring encode under it. With --target/--quality: the smallest passing "
+            "file if it fits, else the best under the budget, flagged best_effort. Where nothing "
+            "fits, the source is kept and the image named (--best-effort: the smallest encode).",
+            rich_help_panel="Web assets",
+        ),
+    ] = None,
     html: Annotated[
         bool,
         typer.Option(
@@ -345,7 +361,7 @@ def optimize(
         follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
         compile=compile, model=model, learn=learn, studies=studies, widths=widths,
-        formats=formats, name_pattern=name_pattern, html=html,
+        formats=formats, name_pattern=name_pattern, html=html, max_bytes=max_bytes,
     )  # fmt: skip
     _finish(summary, as_json=as_json, out_dir=out_dir)
 
