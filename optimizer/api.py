@@ -517,6 +517,7 @@ def optimize(
     name_pattern: str | None = None,
     html: bool = False,
     max_bytes: str | int | None = None,
+    keep_metadata: str = "auto",
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
@@ -597,6 +598,12 @@ def optimize(
         else the best under the budget, flagged ``best_effort``. Where no encode fits, the
         source is kept and the image reported (the smallest encode written with
         `best_effort`).
+    keep_metadata:
+        What an encoded output carries (its pixels are always sRGB and turned as the source's
+        EXIF orientation says; the tag itself is never kept): ``auto`` (an sRGB ICC profile
+        where the source had another, whose colours were converted; nothing else), ``none``,
+        ``icc`` (an sRGB profile always) or ``all`` (that, the source's EXIF without its
+        orientation, and its XMP). A kept source is the source file, as it is.
     on_start, on_result, on_warning:
         Called with the number of images, with each `ImageOutcome` in input order, and with
         warnings (e.g. invalid manifest lines ignored).
@@ -618,6 +625,10 @@ def optimize(
         start[p.candidate.codec] = p.candidate.quality
         if target is None:
             target = p.target
+    from .image_job import METADATA
+
+    if keep_metadata not in METADATA:
+        raise UsageError(f"--keep-metadata {keep_metadata!r}: one of {', '.join(METADATA)}")
     budget = parse_bytes(max_bytes) if max_bytes is not None else None
     budget_only = budget is not None and target is None and quality is None
     tgt = resolve_target(target, quality or "high")
@@ -648,7 +659,8 @@ def optimize(
         max_height=max_height, tolerance=tolerance, max_pixels=_limit(max_pixels),
         animated=check_animated(animated), probe_speed=parse_probe_speed(probe_speed),
         lossless=lossless, widths=width_list, formats=format_list, max_bytes=budget,
-        budget_only=budget_only, **({"name_pattern": pattern} if pattern else {}),
+        budget_only=budget_only, keep_metadata=keep_metadata,
+        **({"name_pattern": pattern} if pattern else {}),
     )  # fmt: skip
     learner = model_learner(tgt, model, studies=studies_dir(studies) if learn else None)
     return _run_folder(

@@ -353,9 +353,12 @@ def encode(
     *,
     background: tuple[int, int, int] | None = None,
     icc: bytes | None = None,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
 ) -> bytes:
     """Encode uint8 H x W x C pixels (C = 1..4; PNG also uint16) with Pillow, or oxipng for PNG;
-    returns the file's bytes. `icc`: a colour profile to embed (the pixels are in its space)."""
+    returns the file's bytes. `icc`: a colour profile to embed (the pixels are in its space);
+    `exif`, `xmp`: metadata blocks to embed where the format holds them (not oxipng's PNG)."""
     info = settings.info
     if not available_codecs().get(info.name):
         hint = f" (pip install {info.plugin.replace('_', '-')}-plugin)" if info.plugin else ""
@@ -368,7 +371,7 @@ def encode(
         raise CodecError(f"{info.name} holds 8 bits per channel, not {pixels.dtype}")
     im = _to_pil(pixels, background, info)
     buf = io.BytesIO()
-    extra = {"icc_profile": icc} if icc else {}
+    extra = {k: v for k, v in (("icc_profile", icc), ("exif", exif), ("xmp", xmp)) if v}
     im.save(buf, info.pil_format, **settings.pillow_kwargs(grey=im.mode in ("L", "LA")), **extra)
     return buf.getvalue()
 

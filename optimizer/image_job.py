@@ -68,6 +68,44 @@ FORMATS = {"avif": ".avif", "webp": ".webp", "jpeg": ".jpg", "jxl": ".jxl"}
 WEB_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF")
 #: `--widths` variants' names, without the extension
 DEFAULT_NAME_PATTERN = "{stem}-{width}w"
+#: `--keep-metadata`: what an encoded output carries. Its pixels are always sRGB (`load`
+#: converts a source's profile) and turned as EXIF orientation says (the tag is never kept).
+#: auto: an sRGB profile where the source had another (its colours were converted: the tag says
+#: so to apps that treat untagged files otherwise), nothing else; none: nothing; icc: an sRGB
+#: profile always; all: that, and the source's EXIF (orientation removed) and XMP.
+METADATA = ("auto", "none", "icc", "all")
+#: bytes a container spends around embedded blocks (segment and box headers), kept out of a
+#: `--max-bytes` budget along with the blocks themselves
+METADATA_SLACK = 256
+
+
+def srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def metadata_for(path: Path, src: SourceImage, mode: str) -> dict[str, bytes]:
+    """The blocks an encoded output of `src` carries under `--keep-metadata mode`."""
+    if mode == "none":
+        return {}
+    converted = any(n.startswith("converted from ICC profile") for n in src.notes)
+    out = {"icc": srgb_profile()} if converted or mode in ("icc", "all") else {}
+    if mode == "all":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                exif = im.getexif()
+                xmp = im.info.get("xmp")
+                if exif:
+                    exif.pop(0x0112, None)  # the pixels are turned already
+                    out["exif"] = exif.tobytes()
+                if isinstance(xmp, bytes | str) and xmp:
+                    out["xmp"] = xmp.encode() if isinstance(xmp, str) else xmp
+        except Exception:  # unreadable metadata: the pixels matter, not it
+            pass
+    return out
 
 
 @dataclass(frozen=True)
@@ -142,6 +180,8 @@ class Job:
     max_bytes: int | None = None
     #: with `max_bytes`: no target to meet, the highest-scoring encode under the budget
     budget_only: bool = False
+    #: what an encoded output carries from its source (`METADATA`)
+    keep_metadata: str = "auto"
     #: how sources are read (not part of `key`: they change which files load, not an output)
     max_pixels: int = DEFAULT_MAX_PIXELS
     animated: AnimatedPolicy = "refuse"
@@ -232,6 +272,8 @@ class Job:
             extra["keep_formats"] = list(self.keep_formats)
         if self.max_bytes is not None:
             extra["max_bytes"] = [self.max_bytes, self.budget_only]
+        if self.keep_metadata != "auto":
+            extra["keep_metadata"] = self.keep_metadata
         blob = json.dumps(
             {
                 **fast,
@@ -378,9 +420,12 @@ def optimize_image(
     # format the output may have (a variant asked for AVIF is not a JPEG source).
     comparable = not images.resized and (job.keep_formats is None or src.format in job.keep_formats)
     outcome.width, outcome.height = w, h
+    meta = metadata_for(path, src, job.keep_metadata)
+    if meta and job.max_bytes is not None:  # the blocks count against the budget
+        job = replace(job, max_bytes=max(1, job.max_bytes - _overhead(meta)))
     search = ImageSearch(images, job.target, resized=not comparable, source_bytes=src.file_bytes)
     if job.budget_only:
-        return within_budget(path, src, images, search, job, fits, outcome, stem, comparable)
+        return within_budget(path, src, images, search, job, fits, outcome, stem, comparable, meta)
     found: dict[str, int] = {}
     observed: list[dict[str, Any]] = []
     t = (
@@ -442,15 +487,18 @@ def optimize_image(
     outcome.encodes = images.encodes
     gains = {c: g for c, g in search.gains.items() if c in found}  # the 4:4:4 retry's aside
     if job.max_bytes is not None and not _fits(search, src, comparable, job.max_bytes):
-        result = within_budget(path, src, images, search, job, fits, outcome, stem, comparable)
+        result = within_budget(
+            path, src, images, search, job, fits, outcome, stem, comparable, meta
+        )
         result.found, result.gains, result.observations = found, gains, observed
         return result
     result = ImageResult(outcome, found=found, gains=gains, observations=observed)
     if search.best is not None:
         cand, values = search.best.result
-        _, result.payload = images.render(images.items[0], cand)
+        result.payload = images.render_with(0, cand, **meta)
         result.winner = cand.codec
         _fill(outcome, Status.WRITTEN, stem=stem, cand=cand, probe=search.best, values=values)
+        outcome.output_bytes = len(result.payload)
         return result
     # Nothing passed and beat the source. Did anything pass at all?
     passing = any(p.passed for p in search.probes)
@@ -474,10 +522,11 @@ def optimize_image(
         + "".join(f", {k}={values[k]:.4g}" for k in job.target.metrics)
     )
     if job.best_effort:
-        _, data = images.render(images.items[0], c)
+        data = images.render_with(0, c, **meta)
         if not comparable or len(data) < src.file_bytes:
             result.payload = data
             _fill(outcome, Status.BEST_EFFORT, stem=stem, cand=c, probe=closest, values=values)
+            outcome.output_bytes = len(data)
             outcome.error = missed + "; written anyway (--best-effort)"
             return result
     outcome.status = Status.MISSED
@@ -490,6 +539,10 @@ def optimize_image(
         "; original kept" if not job.best_effort else "; original kept (smaller)"
     )
     return result
+
+
+def _overhead(meta: dict[str, bytes]) -> int:
+    return sum(len(v) for v in meta.values()) + METADATA_SLACK
 
 
 def _fits(search: ImageSearch, src: SourceImage, comparable: bool, budget: int) -> bool:
@@ -510,6 +563,7 @@ def within_budget(
     outcome: ImageOutcome,
     stem: str,
     comparable: bool,
+    meta: dict[str, bytes],
 ) -> ImageResult:
     """The highest-scoring encode of at most `job.max_bytes` (imgproxy's "size" mode): per codec,
     the highest quality whose file fits (a bisection on bytes: encodes, not scored; over the
@@ -520,8 +574,9 @@ def within_budget(
     source itself fits and may be the output, it is the best there is."""
     budget = job.max_bytes
     assert budget is not None
+    asked = budget + _overhead(meta) if meta else budget  # what the user gave
     result = ImageResult(outcome)
-    if job.budget_only and comparable and src.file_bytes <= budget:
+    if job.budget_only and comparable and src.file_bytes <= asked:
         outcome.status, outcome.meets_target = Status.KEPT, None
         outcome.output = stem_with(stem, Path(outcome.source).suffix)
         outcome.output_bytes = src.file_bytes
@@ -546,15 +601,16 @@ def within_budget(
             search.probes.append(p)
             chosen.append(p)
     outcome.encodes = images.encodes
-    kb = f"{budget:,} bytes"
+    kb = f"{asked:,} bytes"
     if chosen:
         best = max(chosen, key=lambda p: p.margin)
         cand, values = best.result
-        _, result.payload = images.render(images.items[0], cand)
+        result.payload = images.render_with(0, cand, **meta)
         result.winner = cand.codec
         met = best.passed or job.budget_only
         _fill(outcome, Status.WRITTEN if met else Status.BEST_EFFORT, stem=stem, cand=cand,
               probe=best, values=values)  # fmt: skip
+        outcome.output_bytes = len(result.payload)
         if job.budget_only:
             outcome.meets_target = None  # no target: the best under the budget
         elif not best.passed:
@@ -572,8 +628,9 @@ def within_budget(
     if job.best_effort:
         p = search.probe(cand)
         c, values = p.result
-        _, result.payload = images.render(images.items[0], c)
+        result.payload = images.render_with(0, c, **meta)
         _fill(outcome, Status.BEST_EFFORT, stem=stem, cand=c, probe=p, values=values)
+        outcome.output_bytes = len(result.payload)
         outcome.meets_target = False
         outcome.error = missed + "; written anyway (--best-effort)"
         outcome.encodes = images.encodes

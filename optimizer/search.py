@@ -310,6 +310,14 @@ class ImageSet:
                 self.encoded[(item.source.sha256, cand)] = data
         return px, data
 
+    def render_with(self, idx: int, cand: Candidate, **metadata: bytes) -> bytes:
+        """`cand`'s file of image `idx` with `metadata` (icc, exif, xmp) embedded: the same
+        encode as `render`'s (the same pixels, settings and encoder), plus those blocks."""
+        if not metadata:
+            return self.render(self.items[idx], cand)[1]
+        px = self._transformed(self.items[idx], cand)
+        return codecs.encode(px, cand.settings(), background=self.background, **metadata)
+
     def encode(self, idx: int, cand: Candidate) -> bytes:
         """`cand`'s file of image `idx`, not scored (a lossless one is compared by its bytes
         first): counted in `encodes` and, with `keep_encoded`, kept, so that scoring or writing

@@ -328,6 +328,16 @@ def optimize(
             rich_help_panel="Web assets",
         ),
     ] = None,
+    keep_metadata: Annotated[
+        str,
+        typer.Option(
+            help="What an encoded output carries; its pixels are always sRGB and turned as "
+            "EXIF says (the orientation tag is never kept). auto: an sRGB ICC profile where "
+            "the source had another (its colours were converted), nothing else; none; icc: an "
+            "sRGB profile always; all: that, the source's EXIF and its XMP.",
+            rich_help_panel="Web assets",
+        ),
+    ] = "auto",
     html: Annotated[
         bool,
         typer.Option(
@@ -362,6 +372,7 @@ def optimize(
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
         compile=compile, model=model, learn=learn, studies=studies, widths=widths,
         formats=formats, name_pattern=name_pattern, html=html, max_bytes=max_bytes,
+        keep_metadata=keep_metadata,
     )  # fmt: skip
     _finish(summary, as_json=as_json, out_dir=out_dir)
 
