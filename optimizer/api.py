@@ -255,6 +255,7 @@ def tune(
     codecs: str | Sequence[str] | None = None,
     max_width: int | None = None,
     max_height: int | None = None,
+    widths: str | Sequence[int] | None = None,
     strategy: Strategy = "bisect",
     quality_range: str | dict[str, tuple[int, int]] | None = None,
     resize_search: bool = True,
@@ -310,6 +311,10 @@ def tune(
         note, when the set has transparency and no `background` is given.
     max_width, max_height:
         Fit outputs inside this box (never enlarged).
+    widths:
+        Tune one recipe that holds at every one of these widths (``"480,960"``): each image
+        counts once per width, never upscaled (its own width where one asked for is wider).
+        The preset records them; `apply` makes each image at each width.
     strategy:
         ``"bisect"``: Optuna samples the recipe, each recipe's quality is searched;
         ``"tpe"``: Optuna samples every dimension.
@@ -378,6 +383,9 @@ def tune(
         check_roots(folder, Path(out))  # now, not after the search
     chosen = check_codecs(codecs)
     lossy_only("tune", tgt, chosen)
+    width_list = parse_widths(widths)
+    if width_list and (max_width is not None or max_height is not None):
+        raise UsageError("--widths sets each output's width: leave out --max-width/--max-height")
     bounds = parse_quality_ranges(quality_range, chosen)
     suite = build_suite(target=tgt, weights=weights, device=device, compile=compile)
     sources, skipped = load_folder(
@@ -407,6 +415,7 @@ def tune(
         options={
             "max_width": max_width, "max_height": max_height, "background": bg,
             "cache_path": studies / f"{folder.resolve().name}.scores.sqlite",
+            **({"widths": width_list} if width_list else {}),
         },
     )  # fmt: skip
     images = ImageSet(sources, suite, **recipe.options)
@@ -804,6 +813,7 @@ def apply(
     weights: PathLike | None = None,
     device: str = "auto",
     compile: bool = False,
+    html: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
@@ -811,7 +821,8 @@ def apply(
     """Encode every image of `src` with `preset`'s recipe into `out`, score each output against
     the preset's target (or `target`), and keep the original of each one that misses it (unless
     `best_effort`). `refine`: adjust quality per image around the preset's, so each image just
-    meets the target (AVIF searched at `probe_speed`, as `optimize`). Resumable and safe as
+    meets the target (AVIF searched at `probe_speed`, as `optimize`). A preset tuned with
+    widths makes each image at each of them (`optimize`'s `widths`). Resumable and safe as
     `optimize`; the other options are `optimize`'s.
 
     Returns
@@ -831,12 +842,13 @@ def apply(
         p.candidate, tgt, refine=refine, best_effort=best_effort,
         background=p.background, max_width=max_w, max_height=max_h,
         max_pixels=_limit(max_pixels), animated=check_animated(animated),
-        probe_speed=parse_probe_speed(probe_speed),
+        probe_speed=parse_probe_speed(probe_speed), widths=p.widths,
     )  # fmt: skip
     return _run_folder(
         src, out, job, QualityPredictor(), jobs=jobs, cluster=cluster,
         memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
         compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
+        html=html,
     )  # fmt: skip
 
 

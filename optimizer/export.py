@@ -55,13 +55,14 @@ class _P:
         self.filter: str = c.resize_filter or "lanczos"
         self.sharpen: float = c.sharpen
         self.max_w, self.max_h = preset.max_size or (None, None)
+        self.widths = preset.widths
         self.background = preset.background
         self.target = preset.target
         self.kwargs = dict(preset.pillow_save_kwargs)
 
     @property
     def resized(self) -> bool:
-        return self.max_w is not None or self.max_h is not None
+        return self.max_w is not None or self.max_h is not None or bool(self.widths)
 
     @property
     def ext(self) -> str:
@@ -158,6 +159,8 @@ def _sharp(p: _P) -> str:
         dims = ", ".join(
             f"{k}: {v}" for k, v in (("width", p.max_w), ("height", p.max_h)) if v is not None
         )
+        if p.widths:
+            dims = "width"
         chain.append(
             f".resize({{ {dims}, fit: 'inside', withoutEnlargement: true, kernel: '{kernel}' }})"
         )
@@ -189,6 +192,8 @@ def _sharp(p: _P) -> str:
         chain.append(f".jxl({{ quality: {p.quality}, effort: {p.options.get('effort', 7)} }})")
     head = [f"// imgtune preset: {p.codec} q{p.quality}; target {p.target}"]
     head += [f"// note: {n}" for n in notes]
+    if p.widths:
+        return "\n".join(head) + _sharp_widths(p, "\n      ".join(chain))
     body = "\n    ".join(chain)
     return (
         "\n".join(head)
@@ -198,6 +203,39 @@ def _sharp(p: _P) -> str:
         + "\n    .toFile(output);\n}\n\nmodule.exports = encode;\nif (require.main === module) {\n"
         + "  encode(process.argv[2], process.argv[3]).catch((e) => {\n"
         + "    console.error(e.message);\n    process.exit(1);\n  });\n}\n"
+    )
+
+
+def _sharp_widths(p: _P, chain: str) -> str:
+    """The sharp script of a preset tuned at several widths: one file per width, as `imgtune
+    apply` makes them (never upscaled: the image's own width where one is wider; named
+    OUTPUT's stem, -WIDTHw, its extension)."""
+    widths = ", ".join(str(w) for w in p.widths)
+    return (
+        f"\n// widths {widths}: one file per width, as imgtune apply makes them (never upscaled: "
+        "the image's own width where one asked for is wider), named like OUTPUT-480w.ext"
+        "\n// usage: node this.js INPUT OUTPUT, or require() it and call encode(input, output); "
+        "it returns the paths written"
+        f"\nconst sharp = require('sharp');\nconst path = require('path');\n\n"
+        f"const WIDTHS = [{widths}];\n\n"
+        "async function encode(input, output) {\n"
+        "  const meta = await sharp(input).metadata();\n"
+        "  const shown = (meta.orientation || 1) >= 5 ? meta.height : meta.width;\n"
+        "  const widths = WIDTHS.filter((w) => w <= shown);\n"
+        "  if (Math.max(...WIDTHS) > shown && !widths.includes(shown)) widths.push(shown);\n"
+        "  const ext = path.extname(output);\n"
+        "  const stem = output.slice(0, output.length - ext.length);\n"
+        "  const written = [];\n"
+        "  for (const width of widths) {\n"
+        "    const file = `${stem}-${width}w${ext}`;\n"
+        f"    await {chain}\n"
+        "      .toFile(file);\n"
+        "    written.push(file);\n"
+        "  }\n"
+        "  return written;\n"
+        "}\n\nmodule.exports = encode;\nif (require.main === module) {\n"
+        "  encode(process.argv[2], process.argv[3]).then((files) => console.log(files.join('\\n')))"
+        ".catch((e) => {\n    console.error(e.message);\n    process.exit(1);\n  });\n}\n"
     )
 
 
@@ -420,8 +458,8 @@ def _magick(p: _P) -> str:
 
 def _json(p: _P) -> str:
     preset = p.preset.to_dict()
-    keep = ("schema", "params", "pillow_save_kwargs", "max_size", "background", "target")
-    return json.dumps({k: preset[k] for k in keep}, indent=2) + "\n"
+    keep = ("schema", "params", "pillow_save_kwargs", "max_size", "widths", "background")
+    return json.dumps({k: preset[k] for k in (*keep, "target") if k in preset}, indent=2) + "\n"
 
 
 def _toml_value(v: Any) -> str:
@@ -439,6 +477,8 @@ def _toml(p: _P) -> str:
     lines = ["# imgtune preset", f"schema = {preset['schema']}"]
     if preset["max_size"]:
         lines.append(f"max_size = {_toml_value([x or 0 for x in preset['max_size']])}")
+    if preset.get("widths"):
+        lines.append(f"widths = {_toml_value(preset['widths'])}")
     if preset["background"]:
         lines.append(f"background = {_toml_value(preset['background'])}")
     params = preset["params"]
@@ -487,4 +527,10 @@ def render(
         raise UsageError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     if not isinstance(preset, Preset):
         preset = Preset.from_dict(preset)
+    if preset.widths and fmt not in ("sharp", "json", "toml"):
+        raise UsageError(
+            f"this preset was tuned at widths {', '.join(map(str, preset.widths))}: --to sharp "
+            "makes every width (json and toml carry them); "
+            f"{fmt} makes one file per command, so it cannot say which"
+        )
     return _RENDERERS[fmt](_P(preset, input=input, output=output))

@@ -38,7 +38,7 @@ from .predictor import Prediction
 from .probe_speed import DEFAULT_PROBE_SPEED, fast_recipe
 from .quality_search import Probe, lowest_passing
 from .recipe import Candidate
-from .search import ImageSet
+from .search import ImageSet, widths_for
 from .targets import Target
 
 __all__ = [
@@ -223,9 +223,7 @@ class Job:
         does), times one per `formats` format; one plain output without either."""
         widths: list[int | None] = [None]
         if self.widths:
-            widths = [w for w in self.widths if w <= width]
-            if max(self.widths) > width and width not in widths:
-                widths.append(width)
+            widths = list(widths_for(width, self.widths))
         return [Variant(w, f) for w in widths for f in (self.formats or (None,))]
 
     def for_variant(self, v: Variant) -> Job:

@@ -46,6 +46,7 @@ _FIELDS = (
     "params",
     "pillow_save_kwargs",
     "max_size",
+    "widths",
     "background",
     "target",
     "metrics",
@@ -153,6 +154,8 @@ class Preset:
     study: dict[str, Any] = field(default_factory=dict)  # name, storage, trials
     versions: dict[str, str] = field(default_factory=dict)  # software versions used
     schema: int = SCHEMA
+    #: the widths the recipe was tuned to hold at (tune --widths): apply makes each
+    widths: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "preset") -> Preset:
@@ -225,6 +228,11 @@ class Preset:
                     f"not {json.dumps(size) if isinstance(size, list | tuple) else _kind(size)}",
                 )
             size = (size[0], size[1])
+        widths = data.get("widths") or []
+        if not isinstance(widths, list) or not all(type(w) is int and w > 0 for w in widths):
+            raise bad("widths", f"must be an array of positive integers, not {_kind(widths)}")
+        if widths and size is not None:
+            raise bad("widths", "a preset has widths or a max_size, not both")
         bg = data.get("background")
         if bg is not None:
             if (
@@ -272,6 +280,7 @@ class Preset:
             pillow_save_kwargs=dict(kwargs),
             images=copy.deepcopy(images),
             schema=schema,
+            widths=tuple(sorted(set(widths))),
             **record,
         )
 
@@ -282,6 +291,7 @@ class Preset:
             "params": self.candidate.as_dict(),
             "pillow_save_kwargs": dict(self.pillow_save_kwargs),
             "max_size": list(self.max_size) if self.max_size is not None else None,
+            **({"widths": list(self.widths)} if self.widths else {}),
             "background": list(self.background) if self.background is not None else None,
             "target": {"spec": self.target, "aggregate": self.aggregate},
             "metrics": copy.deepcopy(self.metrics),
@@ -340,9 +350,10 @@ def build_preset(
         aggregate=aggregate,
         max_size=(
             (max(it.size[0] for it in images.items), max(it.size[1] for it in images.items))
-            if images.resized
+            if images.resized and not images.widths
             else None
         ),
+        widths=images.widths,
         background=images.background,
         metrics=images.suite.describe(),
         images=images.fingerprint(),
@@ -365,6 +376,7 @@ def assemble_preset(
     source_bytes: int,
     study: dict[str, Any],
     default_jpeg_bytes: int | None = None,
+    widths: tuple[int, ...] = (),
 ) -> Preset:
     """A preset from its parts: the recipe and every image's bytes and scores under it (from a
     fresh evaluation, or as a study's trial recorded them), the set's box, background, metric
@@ -400,4 +412,5 @@ def assemble_preset(
         images=copy.deepcopy(images),
         study=dict(study),
         versions=_versions(),
+        widths=tuple(widths),
     )

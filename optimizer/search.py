@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,10 +205,21 @@ class _Item:
     size: tuple[int, int]  # output (width, height)
     prepared: Any  # alpha judged over black and white
     prepared_flat: Any  # flattened onto --background (for codecs without alpha), or None
+    #: the file name, and its width where the set has each image at several ("a.png@480w")
+    label: str = ""
 
     @property
     def channels(self) -> int:
         return self.source.channels
+
+
+def widths_for(width: int, widths: Sequence[int]) -> list[int]:
+    """The `widths` an image `width` px wide is made at: those no wider than it, and its own
+    width where one asked for is wider (never upscaled: the largest screens get all it has)."""
+    out = [w for w in sorted(set(widths)) if w <= width]
+    if max(widths) > width and width not in out:
+        out.append(width)
+    return out
 
 
 class ImageSet:
@@ -224,21 +235,30 @@ class ImageSet:
         background: tuple[int, int, int] | None = None,
         cache_path: str | Path | None = None,
         keep_encoded: bool = False,
+        widths: Sequence[int] | None = None,
     ):
         """`cache_path`: an SQLite file that keeps encode sizes and scores across runs, keyed by
         (image hash, output size, background, recipe, metric spec), so a resumed or re-targeted
         run pays nothing for a recipe it has scored before. `keep_encoded`: keep every encode's
         bytes in memory (`encoded`), so the chosen one is written without encoding it again (for
-        one-image sets searched per image)."""
+        one-image sets searched per image). `widths`: each source at each of these widths
+        (`widths_for`: never upscaled) instead of one size, as an item of its own whose hash is
+        the source's and its width ("…@480w"), so its scores and encodes are its own."""
         if not sources:
             raise ValueError("an image set needs at least one image")
         self.suite = suite
         self.background = background
         self.items: list[_Item] = []
-        for src in sources:
-            size = transforms.fit_size(
-                src.width, src.height, max_width=max_width, max_height=max_height
-            )
+        self.widths = tuple(widths or ())
+        sized: list[tuple[SourceImage, int | None]] = [(s, max_width) for s in sources]
+        if self.widths:
+            sized = [
+                (replace(s, sha256=f"{s.sha256}@{w}w"), w)
+                for s in sources
+                for w in widths_for(s.width, self.widths)
+            ]
+        for src, box in sized:
+            size = transforms.fit_size(src.width, src.height, max_width=box, max_height=max_height)
             ref = (
                 src.pixels
                 if size == (src.width, src.height)
@@ -249,7 +269,8 @@ class ImageSet:
                 if src.has_alpha and background is not None
                 else None
             )
-            self.items.append(_Item(src, size, suite.prepare(ref), flat))
+            label = src.path.name + (f"@{size[0]}w" if self.widths else "")
+            self.items.append(_Item(src, size, suite.prepare(ref), flat, label))
         self.resized = any(it.size != (it.source.width, it.source.height) for it in self.items)
         self.has_alpha = any(it.source.has_alpha for it in self.items)
         self.cache: dict[tuple[str, Candidate], tuple[int, dict[str, float]]] = {}
@@ -270,10 +291,11 @@ class ImageSet:
 
     @property
     def source_bytes(self) -> int:
-        return sum(it.source.file_bytes for it in self.items)
+        """The sources' bytes, each source once (at several widths, it is one file)."""
+        return sum({it.source.path: it.source.file_bytes for it in self.items}.values())
 
     def fingerprint(self) -> list[dict[str, str]]:
-        return [{"name": it.source.path.name, "sha256": it.source.sha256} for it in self.items]
+        return [{"name": it.label, "sha256": it.source.sha256} for it in self.items]
 
     def _transformed(self, item: _Item, cand: Candidate) -> np.ndarray:
         """Resized and sharpened pixels, shared by every candidate with the same filter and
@@ -357,18 +379,23 @@ class ImageSet:
         """Encode the set with `cand` into `out`, mirroring the tree under `root` (atomic
         writes, nothing through links). An output never exceeds its source: when the encode is
         not smaller and nothing is resized, the source is copied."""
-        names = output_names([it.source.path for it in self.items], root)
+        names = output_names(list(dict.fromkeys(it.source.path for it in self.items)), root)
         written = []
         for it in self.items:
             _, data = self.render(it, cand)
             src = it.source
-            keep = len(data) >= src.file_bytes and it.size == (src.width, src.height)
+            keep = (
+                not self.widths
+                and len(data) >= src.file_bytes
+                and it.size == (src.width, src.height)
+            )
             ext = src.path.suffix if keep else CODECS[cand.codec].extension
-            rel = names[src.path] + ("" if names[src.path].endswith(ext) else ext)
+            stem = names[src.path] + (f"-{it.size[0]}w" if self.widths else "")
+            rel = stem + ("" if stem.endswith(ext) else ext)
             out.write_bytes(rel, src.path.read_bytes() if keep else data)
             written.append(
                 {
-                    "name": src.path.name,
+                    "name": it.label,
                     "output": str(out.path(rel)),
                     "bytes": src.file_bytes if keep else len(data),
                     "kept_source": keep,
@@ -500,7 +527,7 @@ def evaluate(
         nbytes, values = images.score(idx, cand)
         running += nbytes
         done_px += item.size[0] * item.size[1]
-        per_image[item.source.path.name] = {"bytes": nbytes, **values}
+        per_image[item.label] = {"bytes": nbytes, **values}
         if stop_early and aggregate == "min" and target.failures(values):
             images.mark_hard(idx)
             shortfall = max(-c.margin(values[c.metric]) for c in target.failures(values))

@@ -9,6 +9,8 @@ sharpening touches colour only, never the transparency.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image, ImageEnhance
 
@@ -42,7 +44,9 @@ def fit_size(
         scale = min(scale, max_height / height)
     if scale >= 1.0:
         return width, height
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    # Halves round up, as sharp and libvips do (Python's round() goes to even: 42.5 -> 42),
+    # so a width variant has the height the exported sharp script gives it.
+    return max(1, math.floor(width * scale + 0.5)), max(1, math.floor(height * scale + 0.5))
 
 
 def apply(

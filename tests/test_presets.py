@@ -343,6 +343,7 @@ def _tuned(feasible: bool = True):
     images = SimpleNamespace(
         items=[SimpleNamespace(size=(300, 200)), SimpleNamespace(size=(250, 320))],
         resized=True,
+        widths=(),
         background=(1, 2, 3),
         suite=SimpleNamespace(describe=lambda: {"metrics": [], "composite": {"lpips": 1.0}}),
         source_bytes=50000,

@@ -405,17 +405,27 @@ def apply(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     compile: CompileOpt = False,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="Add a <picture>/srcset snippet per image to OUT/imgtune.json, and write "
+            "OUT/imgtune.html showing them all.",
+        ),
+    ] = False,
 ) -> None:
     """Encode every image of SRC with PRESET's recipe, score each output against the preset's
     target, and report those that miss it (their originals are kept unless --best-effort).
-    Reruns skip outputs that are up to date; Ctrl-C leaves only whole files.
+    A preset tuned with --widths makes each image at each width (a-480w.avif). Reruns skip
+    outputs that are up to date; Ctrl-C leaves only whole files. OUT/imgtune.json lists the
+    outputs for builds.
     """
     summary = _Printer("applying", as_json, report).run(
         api.apply, preset, src, out_dir, refine=refine, target=target,
         probe_speed=probe_speed, best_effort=best_effort, jobs=jobs, cluster=cluster, memory=memory,
         follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
-        compile=compile,
+        compile=compile, html=html,
     )  # fmt: skip
     _finish(summary, as_json=as_json, out_dir=out_dir)
 

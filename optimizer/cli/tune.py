@@ -63,6 +63,14 @@ def tune(
     ] = None,
     max_width: MaxWidthOpt = None,
     max_height: MaxHeightOpt = None,
+    widths: Annotated[
+        str | None,
+        typer.Option(
+            help="Tune one recipe that holds at every one of these widths, e.g. 480,960,1920 "
+            "(each image counts once per width, never upscaled); the preset records them and "
+            "`imgtune apply` makes every width."
+        ),
+    ] = None,
     strategy: Annotated[
         str,
         typer.Option(
@@ -197,7 +205,7 @@ def tune(
         r = api.tune(
             folder, target=target, quality=quality, aggregate=aggregate, trials=trials,
             timeout=timeout, seed=seed, codecs=codecs, max_width=max_width,
-            max_height=max_height, strategy=strategy, quality_range=quality_range,
+            max_height=max_height, widths=widths, strategy=strategy, quality_range=quality_range,
             resize_search=not no_resize_search, jobs=jobs, workers=workers,
             heartbeat=heartbeat, sharpen=not no_sharpen,
             background=background, storage=storage, study_name=study_name,
