@@ -186,7 +186,7 @@ def run_folder(
             # What this OUT's earlier runs of this job stored is learnt again, in order, from
             # their manifest lines: a resumed run starts from what the first run started from.
             learner.begin(_sha256(f"{out_root}\n{run.key}".encode())[:16])
-        assets = AssetWriter(out, target=str(job.target), html=html)
+        assets = AssetWriter(out, target=job.goal(), html=html)
         with assets.open():
             summary = _run(run, listed, suite, jobs, memory, cluster, assets.add, on_result)
             if not summary.interrupted:  # else the last complete run's document stays

@@ -54,16 +54,17 @@ def test_alone_it_writes_the_highest_scoring_encode_under_the_budget(photo):
     assert o["status"] == "written" and o["meets_target"] is None
     assert o["output_bytes"] <= budget == 1500
     assert (root / "alone" / o["output"]).stat().st_size == o["output_bytes"]
-    # The scan: every quality of both codecs, each scored; the best file that fits.
+    # The scan: every quality of both codecs; the ten highest that fit in each are scored (a
+    # lower quality scores lower: dips span a step or two), and the best of them is the answer.
     px = np.asarray(Image.open(src / "a.png").convert("RGB"))
     suite = MetricSuite.build(["ssimulacra2"], device="cpu")
     best = -np.inf
     for codec in ("avif", "webp"):
-        for q in range(0, 101):
-            data = encode(px, Candidate.make(codec, q).settings())
-            if len(data) <= budget:
-                got = decode(data, channels=3)
-                best = max(best, suite.score_pair(px, got).values["ssimulacra2"])
+        files = [encode(px, Candidate.make(codec, q).settings()) for q in range(0, 101)]
+        fit = [data for data in files if len(data) <= budget]
+        for data in fit[-10:]:
+            got = decode(data, channels=3)
+            best = max(best, suite.score_pair(px, got).values["ssimulacra2"])
     assert np.isfinite(best)
     # what the bisection found is the scan's best (within a JPEG-like dip's worth)
     assert o["scores"]["ssimulacra2"] >= best - 0.5, (o, best)

@@ -349,7 +349,9 @@ def test_optimize_skips_every_bad_input_by_name(cases, results, corpus_dir, tmp_
         rec = records[by_id[cid].filename]
         assert rec["status"] in ("written", "kept"), (cid, rec)
         assert (out / rec["output"]).is_file(), (cid, rec)
-    outputs = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    outputs = {p.name for p in out.iterdir() if not p.name.startswith(".")} - {"imgtune.json"}
     assert outputs == {records[by_id[cid].filename]["output"] for cid in good}
+    doc = json.loads((out / "imgtune.json").read_text())  # for builds: the good ones only
+    assert {v["path"] for item in doc["images"].values() for v in item["variants"]} == outputs
     assert summary["counts"]["skipped"] == len(bad)
     assert r.exit_code == ExitCode.PARTIAL == 1, r.output[-2000:]
