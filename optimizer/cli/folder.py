@@ -295,8 +295,8 @@ def optimize(
     widths: Annotated[
         str | None,
         typer.Option(
-            help="One output per width, e.g. 480,960,1920: each no wider than its source (the "
-            "source's own width where it is narrower than all), each meeting the target "
+            help="One output per width, e.g. 480,960,1920: never wider than its source (the "
+            "source's own width instead of those wider than it), each meeting the target "
             "against the source resized to it. Named a-480w.avif (see --name-pattern).",
             rich_help_panel="Web assets",
         ),
