@@ -622,11 +622,7 @@ def optimize(
     `RunSummary`: `.counts` per status, `.source_bytes`, `.output_bytes`, `.saved_bytes`,
     `.encodes_per_image`, `.interrupted`, `.exit_code`.
     """
-    from .codecs import CODECS, check_codecs, parse_colour, parse_quality_ranges
-    from .image_job import FORMATS, Job
-    from .lossless import split_codecs
     from .predictor import QualityPredictor
-    from .probe_speed import parse as parse_probe_speed
 
     start: dict[str, int] = {}
     if preset is not None:
@@ -634,7 +630,49 @@ def optimize(
         start[p.candidate.codec] = p.candidate.quality
         if target is None:
             target = p.target
-    from .image_job import METADATA
+    job = optimize_job(
+        target=target, quality=quality, codecs=codecs, tolerance=tolerance,
+        quality_range=quality_range, probe_speed=probe_speed, best_effort=best_effort,
+        background=background, max_width=max_width, max_height=max_height,
+        max_pixels=max_pixels, animated=animated, widths=widths, formats=formats,
+        name_pattern=name_pattern, max_bytes=max_bytes, keep_metadata=keep_metadata,
+    )  # fmt: skip
+    tgt = job.target
+    learner = model_learner(tgt, model, studies=studies_dir(studies) if learn else None)
+    return _run_folder(
+        src, out, job, QualityPredictor(start), jobs=jobs, cluster=cluster,
+        memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
+        compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
+        learner=learner, html=html,
+    )  # fmt: skip
+
+
+def optimize_job(
+    *,
+    target: str | Target | None = None,
+    quality: str | None = None,
+    codecs: str | Sequence[str] = ("avif", "webp", "webp-lossless", "png"),
+    tolerance: int = 1,
+    quality_range: str | dict[str, tuple[int, int]] | None = None,
+    probe_speed: int | str | None = DEFAULT_PROBE_SPEED,
+    best_effort: bool = False,
+    background: str | Sequence[int] | None = None,
+    max_width: int | None = None,
+    max_height: int | None = None,
+    max_pixels: int | None = None,
+    animated: AnimatedPolicy = "refuse",
+    widths: str | Sequence[int] | None = None,
+    formats: str | Sequence[str] | None = None,
+    name_pattern: str | None = None,
+    max_bytes: str | int | None = None,
+    keep_metadata: str = "auto",
+):
+    """`optimize`'s job (`image_job.Job`) from its options, each checked (`UsageError`); what
+    `imgtune serve` runs per upload too."""
+    from .codecs import CODECS, check_codecs, parse_colour, parse_quality_ranges
+    from .image_job import FORMATS, METADATA, Job
+    from .lossless import split_codecs
+    from .probe_speed import parse as parse_probe_speed
 
     if keep_metadata not in METADATA:
         raise UsageError(f"--keep-metadata {keep_metadata!r}: one of {', '.join(METADATA)}")
@@ -662,7 +700,7 @@ def optimize(
         raise UsageError("--name-pattern names the --widths outputs; give --widths too")
     if tolerance < 1:
         raise UsageError("tolerance must be at least 1")
-    job = Job.optimize(
+    return Job.optimize(
         tgt, chosen, bounds=parse_quality_ranges(quality_range, chosen),
         best_effort=best_effort, background=parse_colour(background), max_width=max_width,
         max_height=max_height, tolerance=tolerance, max_pixels=_limit(max_pixels),
@@ -670,13 +708,6 @@ def optimize(
         lossless=lossless, widths=width_list, formats=format_list, max_bytes=budget,
         budget_only=budget_only, keep_metadata=keep_metadata,
         **({"name_pattern": pattern} if pattern else {}),
-    )  # fmt: skip
-    learner = model_learner(tgt, model, studies=studies_dir(studies) if learn else None)
-    return _run_folder(
-        src, out, job, QualityPredictor(start), jobs=jobs, cluster=cluster,
-        memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
-        compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
-        learner=learner, html=html,
     )  # fmt: skip
 
 
