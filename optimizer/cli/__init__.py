@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..outcome import EXIT_CODES_HELP, ExitCode
-from . import folder, score, tune
+from . import folder, score, serve, tune
 from .common import command, err, out
 
 __all__ = ["app", "main"]
@@ -54,6 +54,7 @@ for fn in (
     folder.export,
     tune.report,
     tune.preset,
+    serve.serve,
 ):
     app.command(epilog=EXIT_CODES_HELP)(command(fn))
 
