@@ -1,0 +1,235 @@
+"""`imgtune serve`: the real server (uvicorn in a subprocess on a free loopback port), exercised
+with httpx: optimised responses decode, pass their target when re-scored and are smaller than
+the upload; Accept decides the format; limits answer with the right status and a JSON error;
+hostile uploads get 4xx and the service stays healthy; a full queue answers 503."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from optimizer import api
+from optimizer.metrics import MetricSuite
+
+from .conftest import SAMPLES
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--workers", "1",
+           "--queue", "0", "--max-upload", "2MB", "--max-pixels", "4000000", "--timeout", "60",
+           "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "IMGTUNE_TOKEN": TOKEN}
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the server did not get ready"
+            time.sleep(0.3)
+        yield base, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _png(name: str = "coffee", side: int = 192) -> bytes:
+    im = Image.open(SAMPLES / f"{name}.png").convert("RGB")
+    im.thumbnail((side, side))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _optimize(base, data: bytes, *, accept: str = "*/*", name: str = "a.png", **fields):
+    return httpx.post(
+        f"{base}/v1/optimize", files={"image": (name, data)}, data=fields,
+        headers={**AUTH, "Accept": accept}, timeout=90,
+    )  # fmt: skip
+
+
+def test_health_ready_and_metrics_need_no_token_and_the_rest_does(server):
+    base, _ = server
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+    r = httpx.post(f"{base}/v1/optimize", files={"image": ("a.png", _png())})
+    assert r.status_code == 401
+    assert r.json() == {
+        "error": {"status": 401, "code": "unauthorized", "message": "a bearer token is needed"}
+    }
+    assert "imgtune_requests_total" in httpx.get(f"{base}/metrics").text
+
+
+def test_an_optimized_response_decodes_passes_when_rescored_and_is_smaller(server):
+    base, _ = server
+    upload = _png()
+    r = _optimize(base, upload)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-imgtune-status"] == "written"
+    assert int(r.headers["x-imgtune-bytes"]) == len(r.content) < len(upload)
+    got = Image.open(io.BytesIO(r.content))
+    assert r.headers["content-type"] == f"image/{got.format.lower()}"
+    suite = MetricSuite.build(["ssimulacra2"], device="cpu")
+    ref = np.asarray(Image.open(io.BytesIO(upload)).convert("RGB"))
+    score = suite.score_pair(ref, np.asarray(got.convert("RGB"))).values["ssimulacra2"]
+    assert score >= 80 - 0.05, score
+    # the metrics say so
+    text = httpx.get(f"{base}/metrics").text
+    assert 'imgtune_requests_total{endpoint="/v1/optimize",status="200"}' in text
+    assert "imgtune_output_score_bucket" in text and "imgtune_bytes_saved_total" in text
+
+
+def test_accept_decides_the_format(server):
+    base, _ = server
+    upload = _png("chelsea")
+    no_avif = _optimize(base, upload, accept="image/webp,image/jpeg;q=0.8")
+    assert no_avif.status_code == 200 and no_avif.headers["content-type"] in (
+        "image/webp", "image/jpeg"
+    )  # fmt: skip
+    jpeg_only = _optimize(base, upload, accept="image/jpeg")
+    assert jpeg_only.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpeg_only.content)).format == "JPEG"
+    assert no_avif.headers["vary"] == "Accept"
+
+
+def test_the_json_variant_gives_metadata_and_a_download(server):
+    base, _ = server
+    r = _optimize(base, _png(), accept="application/json", codecs="webp")
+    meta = r.json()
+    assert r.status_code == 200 and meta["codec"] == "webp" and meta["meets_target"] is True
+    got = httpx.get(base + meta["url"], headers=AUTH)
+    assert got.status_code == 200 and len(got.content) == meta["bytes"]
+    assert got.headers["content-type"] == "image/webp"
+    assert httpx.get(f"{base}/v1/results/{'0' * 24}", headers=AUTH).status_code == 404
+
+
+def test_score_gives_what_imgtune_score_gives(server, tmp_path):
+    base, _ = server
+    ref = _png()
+    cand = io.BytesIO()
+    Image.open(io.BytesIO(ref)).convert("RGB").save(cand, "JPEG", quality=60)
+    r = httpx.post(
+        f"{base}/v1/score",
+        files={"reference": ("r.png", ref), "candidate": ("c.jpg", cand.getvalue())},
+        data={"metrics": "ssimulacra2,psnr", "target": "ssimulacra2>=80"}, headers=AUTH,
+        timeout=60,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    (tmp_path / "r.png").write_bytes(ref)
+    (tmp_path / "c.jpg").write_bytes(cand.getvalue())
+    local = api.score(tmp_path / "r.png", tmp_path / "c.jpg", metrics="ssimulacra2,psnr",
+                      target="ssimulacra2>=80", device="cpu").record()  # fmt: skip
+    got = r.json()
+    assert set(local) | {"composite_weights"} == set(got)  # imgtune score --json's fields
+    for k in ("ssimulacra2", "psnr", "composite"):
+        assert got[k] == pytest.approx(local[k], abs=1e-6), k
+    assert got["missed"] == local["missed"] == ["ssimulacra2>=80"]
+    assert (got["reference"], got["candidate"]) == ("r.png", "c.jpg")  # names, not our paths
+
+
+def _hostile() -> dict[str, bytes]:
+    png = _png(side=64)
+    jpg = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(jpg, "JPEG")
+    bomb = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(bomb, "PNG")  # 25 MP in a few KB: over 4 MP
+
+    def png_header(w: int, h: int) -> bytes:  # a PNG that claims a size and holds no pixels
+        ihdr = b"IHDR" + w.to_bytes(4, "big") + h.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+        return (
+            b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr
+            + zlib.crc32(ihdr).to_bytes(4, "big")
+        )  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    return {
+        "zero.png": b"",
+        "text.png": b"hello, this is not an image\n" * 10,
+        "html.jpg": b"<html><body>no</body></html>",
+        "truncated.png": png[: len(png) // 2],
+        "truncated.jpg": jpg.getvalue()[: len(jpg.getvalue()) // 3],
+        "head_only.png": png[:40],
+        "bomb.png": bomb.getvalue(),
+        "huge_dims.png": png_header(100000, 100000),
+        "wide.png": png_header(65535, 1),
+        "zero_dims.png": png_header(0, 0),
+        "random.bin": rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+        "random.png": b"\x89PNG\r\n\x1a\n" + rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+        "random.jpg": b"\xff\xd8\xff" + rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+        "random.webp": b"RIFF\x00\x10\x00\x00WEBPVP8 " + bytes(200),
+        "random.avif": b"\x00\x00\x00\x1cftypavif" + bytes(300),
+        "gif_header.gif": b"GIF89a" + bytes(20),
+        "bmp_header.bmp": b"BM" + bytes(60),
+        "tiff_header.tif": b"II*\x00" + bytes(100),
+        "svg.png": b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        "nul.png": bytes(4096),
+    }
+
+
+def test_twenty_hostile_uploads_get_4xx_and_the_service_stays_healthy(server):
+    base, proc = server
+    uploads = _hostile()
+    assert len(uploads) == 20
+    for name, data in uploads.items():
+        r = _optimize(base, data, name=name)
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        err = r.json()["error"]
+        assert set(err) == {"status", "code", "message"} and err["status"] == r.status_code
+        assert "/tmp" not in err["message"], err  # the service's own paths are not told
+    assert proc.poll() is None
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    assert _optimize(base, _png(side=64)).status_code == 200  # and it still works
+
+
+def test_limits_answer_with_their_status(server):
+    base, _ = server
+    r = _optimize(base, os.urandom(2_100_000), name="big.png")
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    bomb = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(bomb, "PNG")
+    r = _optimize(base, bomb.getvalue(), name="bomb.png")
+    assert r.status_code == 422 and "bomb.png" in r.json()["error"]["message"]
+    r = _optimize(base, _png(side=64), target="nonsense>=3")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = httpx.post(f"{base}/v1/optimize", headers=AUTH, data={"target": "ssim>=0.9"})
+    assert r.status_code == 422  # no image
+
+
+def test_a_full_queue_answers_503_with_retry_after(server):
+    base, _ = server
+    upload = _png("astronaut", side=384)  # a second or so each: they overlap
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        rs = list(pool.map(lambda _: _optimize(base, upload), range(4)))
+    codes = sorted(r.status_code for r in rs)
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and 503 in codes, codes
+    busy = next(r for r in rs if r.status_code == 503)
+    assert busy.headers["retry-after"] == "2" and busy.json()["error"]["code"] == "busy"
