@@ -195,6 +195,52 @@ def score(
     return report
 
 
+def check(
+    originals: PathLike,
+    encoded: PathLike,
+    *,
+    warn: str | None = None,
+    fail: str | None = None,
+    device: str = "auto",
+    max_pixels: int | None = None,
+    follow_symlinks: bool = False,
+    on_result: Callable[[PairResult | Problem], None] | None = None,
+) -> dict[str, Any]:
+    """Judge the outputs in `encoded` against their `originals` (two folders, paired as
+    `score` pairs them) by the thresholds `warn` and `fail` (`monitor.Thresholds`: the bad tail
+    of the set, and each output alone). Returns the set's level, its tails, each pair's scores
+    and level, and the inputs that could not be paired or read."""
+    from .monitor import Thresholds
+
+    if not warn and not fail:
+        raise UsageError("give --warn and/or --fail thresholds, e.g. --fail 'ssimulacra2>=70'")
+    th = Thresholds.parse(warn, fail)
+    if not Path(originals).is_dir() or not Path(encoded).is_dir():
+        raise UsageError("check judges two folders: ORIGINALS and ENCODED")
+    report = score(
+        originals, encoded, metrics=th.metrics, device=device, max_pixels=max_pixels,
+        follow_symlinks=follow_symlinks, on_result=on_result,
+    )  # fmt: skip
+    rows = [(r, dict(r.scores.values)) for r in report.results]
+    judged = th.judge(v for _, v in rows)
+    return {
+        **judged,
+        "warn": warn,
+        "fail": fail,
+        "pairs": [
+            {
+                "name": r.name,
+                "reference": str(r.reference),
+                "candidate": str(r.candidate),
+                "scores": v,
+                "level": th.item_level(v),
+            }  # fmt: skip
+            for r, v in rows
+        ],
+        "problems": [str(p) for p in report.problems],
+    }
+
+
 # ----------------------------------------------------------------------------------------- tune
 
 

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -57,6 +58,8 @@ OptionalField = Annotated[str | None, Form()]
 
 __all__ = ["Settings", "create_app", "app_from_env"]
 
+log = logging.getLogger("imgtune.serve")
+
 ENV = "IMGTUNE_SERVE_SETTINGS"
 #: Accept media types -> the codecs they allow (JPEG: every browser)
 ACCEPTED = {"image/avif": "avif", "image/webp": "webp", "image/jxl": "jxl"}
@@ -80,6 +83,12 @@ class Settings:
     #: how many results are kept for download
     results: int = 256
     codecs: tuple[str, ...] = ("avif", "webp", "jpeg")
+    #: the quality monitor (`optimizer.monitor`): thresholds on the bad tail of the last
+    #: `window` outputs scored (optimize's outputs and score's candidates), and where alerts go
+    warn: str | None = None
+    fail: str | None = None
+    window: int = 500
+    alert_webhook: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_env(self) -> str:
@@ -183,7 +192,7 @@ async def _send_error(send, status: int, code: str, message: str) -> None:
 
 def _metrics():
     """The service's Prometheus metrics, in a registry of its own."""
-    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
     reg = CollectorRegistry()
     return reg, {
@@ -204,6 +213,18 @@ def _metrics():
             "imgtune_output_score", "Score of each output on its target's metric",
             ["target"], buckets=(30, 50, 60, 70, 75, 80, 85, 90, 95, 100), registry=reg,
         ),
+        "level": Gauge(
+            "imgtune_quality_level", "Quality monitor: 0 ok, 1 warning, 2 critical",
+            registry=reg,
+        ),
+        "tail": Gauge(
+            "imgtune_quality_tail", "Quality monitor: the window's bad tail per threshold clause",
+            ["clause"], registry=reg,
+        ),
+        "alerts": Counter(
+            "imgtune_quality_alerts_total", "Quality monitor: level changes", ["level"],
+            registry=reg,
+        ),
     }  # fmt: skip
 
 
@@ -219,6 +240,11 @@ def create_app(settings: Settings | None = None):
     results.mkdir(parents=True, exist_ok=True)
     gate = _Gate(s.workers, s.queue)
     registry, m = _metrics()
+    monitor = None
+    if s.warn or s.fail:
+        from .monitor import QualityMonitor, Thresholds
+
+        monitor = QualityMonitor(Thresholds.parse(s.warn, s.fail), window=s.window)
     suites: dict[tuple, Any] = {}
     suites_lock = threading.Lock()
     state = {"ready": False}
@@ -242,6 +268,23 @@ def create_app(settings: Settings | None = None):
         description="Perceptual-quality image optimisation: score pairs, optimise images.",
         lifespan=lifespan,
     )
+
+    def observe(scores: dict[str, float]) -> None:
+        """One scored output into the monitor; a level change is logged, counted and sent."""
+        if monitor is None:
+            return
+        event = monitor.add(scores)
+        stats = monitor.stats()
+        for name, value in monitor.tails.items():
+            m["tail"].labels(name).set(value)
+        m["level"].set(("ok", "warning", "critical").index(stats["level"]))
+        if event is None:
+            return
+        event = {**event, "stats": stats, "time": time.time()}
+        m["alerts"].labels(event["to"]).inc()
+        log.warning(json.dumps(event, default=float))
+        if s.alert_webhook:
+            threading.Thread(target=_post, args=(s.alert_webhook, event), daemon=True).start()
 
     def error(status: int, code: str, message: str, headers=None) -> JSONResponse:
         return JSONResponse(
@@ -296,6 +339,12 @@ def create_app(settings: Settings | None = None):
             return error(503, "not_ready", "the metric suite is still loading")
         return {"status": "ready", "device": s.device}
 
+    @app.get("/v1/monitor")
+    def monitor_stats():
+        if monitor is None:
+            raise ServiceError(404, "no_monitor", "start the service with --warn/--fail")
+        return monitor.stats()
+
     @app.get("/metrics")
     def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -345,6 +394,7 @@ def create_app(settings: Settings | None = None):
                 rec = {**r.record(), "composite_weights": r.composite.as_dict()}
                 rec["reference"], rec["candidate"] = reference.filename, candidate.filename
                 rec["name"] = candidate.filename
+                observe(dict(r.scores.values))
                 return rec
 
             return await gate.run(work, s.timeout)
@@ -406,6 +456,8 @@ def create_app(settings: Settings | None = None):
         clause = job.target.clauses[0] if job.target.clauses else None
         if clause is not None and clause.metric in o.scores:
             m["score"].labels(str(job.target)).observe(o.scores[clause.metric])
+        if o.scores:
+            observe(dict(o.scores))
         media = _type(o.codec) if o.codec else _sniff(body)
         meta = {
             "status": str(o.status),
@@ -458,6 +510,16 @@ _TYPES = {
     "webp-lossless": "image/webp",
     "png": "image/png",
 }
+
+
+def _post(url: str, event: dict) -> None:
+    """An alert to the webhook; a failure to deliver is logged, never raised."""
+    import httpx
+
+    try:
+        httpx.post(url, json=event, timeout=5).raise_for_status()
+    except Exception as exc:  # the service goes on whatever the webhook does
+        log.error(json.dumps({"event": "alert_not_delivered", "url": url, "error": str(exc)}))
 
 
 def _type(codec: str | None) -> str:

@@ -6,11 +6,14 @@ hostile uploads get 4xx and the service stays healthy; a full queue answers 503.
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
 import io
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -34,13 +37,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Hook(http.server.BaseHTTPRequestHandler):
+    """The alert webhook: every POSTed JSON body is kept."""
+
+    received: list[dict] = []
+
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0))
+        type(self).received.append(json.loads(self.rfile.read(n)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def hook():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _Hook.received = []
+    yield f"http://127.0.0.1:{srv.server_address[1]}/alerts", _Hook.received
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, hook):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--workers", "1",
            "--queue", "0", "--max-upload", "2MB", "--max-pixels", "4000000", "--timeout", "60",
-           "--device", "cpu"]  # fmt: skip
+           "--device", "cpu", "--warn", "ssimulacra2>=60", "--fail", "ssimulacra2>=30",
+           "--window", "50", "--alert-webhook", hook[0]]  # fmt: skip
     env = {**os.environ, "IMGTUNE_TOKEN": TOKEN}
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -233,3 +261,25 @@ def test_a_full_queue_answers_503_with_retry_after(server):
     assert set(codes) <= {200, 503} and codes.count(200) >= 1 and 503 in codes, codes
     busy = next(r for r in rs if r.status_code == 503)
     assert busy.headers["retry-after"] == "2" and busy.json()["error"]["code"] == "busy"
+
+
+def test_the_monitor_alerts_when_the_tail_falls_below_fail(server, hook):
+    base, _ = server
+    _, received = hook
+    ref = _png()
+    bad = io.BytesIO()
+    Image.open(io.BytesIO(ref)).convert("RGB").save(bad, "JPEG", quality=1)
+    for _ in range(3):  # a few terrible outputs pull the window's 5th percentile under 30
+        r = httpx.post(
+            f"{base}/v1/score", headers=AUTH, timeout=60, data={"metrics": "ssimulacra2"},
+            files={"reference": ("r.png", ref), "candidate": ("c.jpg", bad.getvalue())},
+        )  # fmt: skip
+        assert r.status_code == 200 and r.json()["ssimulacra2"] < 30
+    stats = httpx.get(f"{base}/v1/monitor", headers=AUTH).json()
+    assert stats["level"] == "critical" and stats["fail_misses"] >= 3
+    assert "imgtune_quality_level 2.0" in httpx.get(f"{base}/metrics").text
+    deadline = time.monotonic() + 10
+    while not any(e["to"] == "critical" for e in received) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    event = next(e for e in received if e["to"] == "critical")
+    assert event["event"] == "quality_level" and event["tails"]["ssimulacra2>=30"] < 30

@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..outcome import EXIT_CODES_HELP, ExitCode
-from . import folder, score, serve, tune
+from . import check, folder, score, serve, tune
 from .common import command, err, out
 
 __all__ = ["app", "main"]
@@ -55,6 +55,7 @@ for fn in (
     tune.report,
     tune.preset,
     serve.serve,
+    check.check,
 ):
     app.command(epilog=EXIT_CODES_HELP)(command(fn))
 

@@ -36,9 +36,37 @@ def serve(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    warn: Annotated[
+        str | None,
+        typer.Option(
+            help="Quality monitor: warn when the bad tail (5th percentile) of the last --window "
+            "scored outputs misses this, e.g. 'ssimulacra2>=80'.",
+            rich_help_panel="Quality monitor",
+        ),
+    ] = None,
+    fail: Annotated[
+        str | None,
+        typer.Option(
+            help="Quality monitor: critical when that tail misses this, e.g. 'ssimulacra2>=70'.",
+            rich_help_panel="Quality monitor",
+        ),
+    ] = None,
+    window: Annotated[
+        int,
+        typer.Option(help="Outputs the monitor judges.", rich_help_panel="Quality monitor"),
+    ] = 500,
+    alert_webhook: Annotated[
+        str | None,
+        typer.Option(
+            help="POST each change of the monitor's level here as JSON.",
+            rich_help_panel="Quality monitor",
+        ),
+    ] = None,
 ) -> None:
-    """Run the HTTP service: POST /v1/score and /v1/optimize, GET /healthz, /readyz, /metrics;
-    OpenAPI at /docs. Limits answer with JSON errors (413, 422, 503, 504)."""
+    """Run the HTTP service: POST /v1/score and /v1/optimize, GET /healthz, /readyz, /metrics
+    and /v1/monitor; OpenAPI at /docs. Limits answer with JSON errors (413, 422, 503, 504).
+    With --warn/--fail, a monitor judges the bad tail of the last --window scored outputs and
+    logs, counts and POSTs each change of its level."""
     from ..api import parse_bytes
     from ..service import Settings
     from ..service import serve as run
@@ -47,7 +75,7 @@ def serve(
         Settings(
             host=host, port=port, device=device, workers=workers, queue=queue,
             max_upload=parse_bytes(max_upload), max_pixels=max_pixels, timeout=timeout,
-            token=token,
+            token=token, warn=warn, fail=fail, window=window, alert_webhook=alert_webhook,
         ),
         processes=processes,
     )  # fmt: skip
