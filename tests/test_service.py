@@ -283,3 +283,44 @@ def test_the_monitor_alerts_when_the_tail_falls_below_fail(server, hook):
         time.sleep(0.1)
     event = next(e for e in received if e["to"] == "critical")
     assert event["event"] == "quality_level" and event["tails"]["ssimulacra2>=30"] < 30
+
+
+def test_the_docker_image_s_entrypoint_and_healthcheck_run_as_written(tmp_path):
+    # No container engine runs here (a docker client without a daemon), so the image's own
+    # commands are run as the Dockerfile writes them: the entrypoint (on a free loopback port
+    # instead of 0.0.0.0:8000) and the healthcheck against it.
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in text.splitlines()
+             if ln and not ln.startswith(("#", " "))}  # fmt: skip
+    entry = json.loads(lines["ENTRYPOINT"])
+    check = json.loads(lines["HEALTHCHECK"].split(" CMD ", 1)[1])
+    assert lines["USER"] != "root" and lines["EXPOSE"] == "8000"
+    assert entry[:2] == ["imgtune", "serve"] and entry[entry.index("--port") + 1] == "8000"
+    port = _free_port()
+    entry[entry.index("--host") + 1] = "127.0.0.1"
+    entry[entry.index("--port") + 1] = str(port)
+    exe = Path(sys.executable).parent / entry[0]
+    proc = subprocess.Popen([str(exe), *entry[1:], "--device", "cpu"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        probe = [sys.executable, *check[1:]]
+        probe[-1] = probe[-1].replace(":8000/", f":{port}/")
+        deadline = time.monotonic() + 120
+        while subprocess.run(probe, capture_output=True).returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "never healthy"
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_ten_seconds_of_load_get_only_200s_and_503s_and_the_service_stays_up(server):
+    from benchmarks.load import run_load, summary
+
+    base, proc = server
+    r = run_load(base, clients=4, seconds=10, body=_png(side=128), headers=AUTH)
+    s = summary(r)
+    assert s["other"] == 0 and s["ok"] >= 3 and s["busy"] >= 1, r["codes"]  # queue 0: 503s
+    assert proc.poll() is None and httpx.get(f"{base}/healthz").status_code == 200
