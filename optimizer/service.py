@@ -14,6 +14,13 @@ Endpoints (OpenAPI at ``/docs``):
   AVIF; JPEG is always allowed). With ``Accept: application/json``: the same as JSON, with a
   download URL (``GET /v1/results/{id}``, kept for the last `Settings.results` outputs).
 
+- ``POST /v1/jobs``: multipart ``files`` (zips are unpacked, names checked; other files
+  taken as images) and `optimize`'s options -> 202 and the job; ``GET /v1/jobs/{id}``: its
+  state (queued, running, done, failed, cancelled) and progress; ``GET /v1/jobs/{id}/result``:
+  a zip of the outputs with imgtune.json; ``DELETE /v1/jobs/{id}``: cancel. Jobs live in
+  ``--data`` (`optimizer.service_jobs`) and resume when the service starts again.
+- ``GET /v1/monitor``: the quality monitor's window (with ``--warn``/``--fail``).
+
 Safety: uploads larger than ``max_upload`` bytes are refused while they arrive (413); images
 over ``max_pixels`` (decompression bombs included) or that do not decode are 422; at most
 ``workers`` requests compute at once and ``queue`` more wait, beyond that 503 with
@@ -51,6 +58,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ImgtuneError
 from .metrics.lpips_metric import WeightsMissingError
+from .service_jobs import JobError
 
 #: multipart fields (FastAPI reads these annotations at run time: they must be module-level)
 Upload = Annotated[UploadFile, File()]
@@ -255,11 +263,17 @@ def create_app(settings: Settings | None = None):
                 suites[metrics] = api.build_suite(metrics=list(metrics), device=s.device)
             return suites[metrics]
 
+    runner: list[Any] = []  # the job runner, started with the app (jobs resume then)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):  # the default target's suite, before the first request needs it
+        from .service_jobs import JobRunner
+
         await asyncio.get_running_loop().run_in_executor(None, suite_for, ("ssimulacra2",))
+        runner.append(JobRunner(data / "jobs", threads=1, device=s.device))
         state["ready"] = True
         yield
+        runner[0].stop()
         gate.pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -296,6 +310,10 @@ def create_app(settings: Settings | None = None):
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
         return error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(JobError)
+    async def _job_error(request: Request, exc: JobError):
+        return error(exc.status, exc.code, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -489,6 +507,57 @@ def create_app(settings: Settings | None = None):
             "Vary": "Accept",
         }
         return Response(body, media_type=media, headers=headers)
+
+    def job_view(meta: dict) -> dict:
+        view = {**meta, "url": f"/v1/jobs/{meta['id']}"}
+        if meta["state"] == "done":
+            view["result"] = f"/v1/jobs/{meta['id']}/result"
+        return view
+
+    @app.post("/v1/jobs", status_code=202)
+    async def create_job(
+        files: Annotated[list[UploadFile], File()],
+        target: OptionalField = None,
+        quality: OptionalField = None,
+        codecs: OptionalField = None,
+        max_bytes: OptionalField = None,
+        widths: OptionalField = None,
+        formats: OptionalField = None,
+        keep_metadata: OptionalField = None,
+    ) -> dict:
+        options = {"target": target, "quality": quality, "codecs": codecs,
+                   "max_bytes": max_bytes, "widths": widths, "formats": formats,
+                   "keep_metadata": keep_metadata}  # fmt: skip
+        try:  # the options are checked now, not when the job runs
+            api.optimize_job(**{k: v for k, v in options.items() if v is not None})
+        except ImgtuneError as exc:
+            raise ServiceError(422, "invalid_request", str(exc)) from None
+        folder = Path(tempfile.mkdtemp(prefix="req-", dir=data))
+        try:
+            saved = [
+                (f.filename or f"upload{i}", await _saved(f, folder, f"upload{i}"))
+                for i, f in enumerate(files)
+            ]
+            meta = await asyncio.get_running_loop().run_in_executor(
+                None, runner[0].submit, saved, options
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return job_view(meta)
+
+    @app.get("/v1/jobs/{jid}")
+    def job_status(jid: str) -> dict:
+        return job_view(runner[0].status(jid))
+
+    @app.get("/v1/jobs/{jid}/result")
+    def job_result(jid: str):
+        return FileResponse(
+            runner[0].result(jid), media_type="application/zip", filename=f"imgtune-{jid}.zip"
+        )
+
+    @app.delete("/v1/jobs/{jid}")
+    def job_cancel(jid: str) -> dict:
+        return job_view(runner[0].cancel(jid))
 
     @app.get("/v1/results/{rid}")
     def result(rid: str):

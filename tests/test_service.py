@@ -324,3 +324,93 @@ def test_ten_seconds_of_load_get_only_200s_and_503s_and_the_service_stays_up(ser
     s = summary(r)
     assert s["other"] == 0 and s["ok"] >= 3 and s["busy"] >= 1, r["codes"]  # queue 0: 503s
     assert proc.poll() is None and httpx.get(f"{base}/healthz").status_code == 200
+
+
+def _zip_of(files: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _wait_job(base, url, states=("done", "failed", "cancelled"), seconds=120):
+    deadline = time.monotonic() + seconds
+    while True:
+        meta = httpx.get(base + url, headers=AUTH).json()
+        if meta["state"] in states or time.monotonic() > deadline:
+            return meta
+        time.sleep(0.3)
+
+
+def test_a_job_of_a_zip_and_files_runs_in_the_background_and_gives_a_zip(server):
+    import zipfile
+
+    base, _ = server
+    archive = _zip_of({"a/one.png": _png("coffee", 96), "two.png": _png("rocket", 96)})
+    r = httpx.post(
+        f"{base}/v1/jobs", headers=AUTH, timeout=60, data={"quality": "medium"},
+        files=[("files", ("set.zip", archive)), ("files", ("three.png", _png("chelsea", 96)))],
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+    meta = _wait_job(base, r.json()["url"])
+    assert meta["state"] == "done" and meta["files"] == 3, meta
+    assert meta["summary"]["counts"]["written"] + meta["summary"]["counts"]["kept"] == 3
+    z = zipfile.ZipFile(io.BytesIO(httpx.get(base + meta["result"], headers=AUTH).content))
+    doc = json.loads(z.read("imgtune.json"))
+    paths = {v["path"] for item in doc["images"].values() for v in item["variants"]}
+    assert set(doc["images"]) == {"a/one.png", "two.png", "three.png"}
+    for p in paths:
+        Image.open(io.BytesIO(z.read(p))).load()  # every output decodes
+    # a zip that reaches outside the job, and unknown jobs
+    bad = _zip_of({"../evil.png": _png(side=32)})
+    r = httpx.post(f"{base}/v1/jobs", headers=AUTH, files=[("files", ("x.zip", bad))])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_zip"
+    assert httpx.get(f"{base}/v1/jobs/{'0' * 24}", headers=AUTH).status_code == 404
+    r = httpx.post(f"{base}/v1/jobs", headers=AUTH, data={"quality": "shiny"},
+                   files=[("files", ("a.png", _png(side=32)))])  # fmt: skip
+    assert r.status_code == 422 and "shiny" in r.json()["error"]["message"]
+
+
+def test_a_job_survives_a_restart_and_a_queued_one_can_be_cancelled(tmp_path):
+    port = _free_port()
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--device", "cpu",
+           "--data", str(data)]  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    def start():
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+
+    names = ["chelsea", "coffee", "rocket", "astronaut", "twins_cc0", "graphic_text"]
+    archive = _zip_of({f"{n}.png": _png(n, 160) for n in names})
+    proc = start()
+    try:
+        job = httpx.post(f"{base}/v1/jobs", files=[("files", ("s.zip", archive))]).json()
+        queued = httpx.post(f"{base}/v1/jobs", files=[("files", ("q.png", _png(side=64)))]).json()
+        cancelled = httpx.delete(base + queued["url"]).json()
+        assert cancelled["state"] == "cancelled"  # one runner: it had not started
+        while httpx.get(base + job["url"]).json()["state"] == "queued":
+            time.sleep(0.1)
+        proc.kill()  # mid-run, with no chance to tidy up
+        proc.wait(timeout=30)
+        proc = start()
+        meta = _wait_job(base, job["url"])
+        assert meta["state"] == "done" and meta["files"] == len(names), meta
+        done = meta["summary"]["counts"]
+        assert sum(done.values()) == len(names) and done["skipped"] == 0
+        assert httpx.get(base + queued["url"]).json()["state"] == "cancelled"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -36,6 +36,13 @@ def serve(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder for background jobs and results; jobs in it resume when the service "
+            "starts again (default: a new temporary folder, gone with the process)."
+        ),
+    ] = None,
     warn: Annotated[
         str | None,
         typer.Option(
@@ -76,6 +83,7 @@ def serve(
             host=host, port=port, device=device, workers=workers, queue=queue,
             max_upload=parse_bytes(max_upload), max_pixels=max_pixels, timeout=timeout,
             token=token, warn=warn, fail=fail, window=window, alert_webhook=alert_webhook,
+            data=data,
         ),
         processes=processes,
     )  # fmt: skip
