@@ -53,7 +53,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ImgtuneError
@@ -333,7 +333,7 @@ def create_app(settings: Settings | None = None):
     @app.middleware("http")
     async def _observe(request: Request, call_next):
         path = request.url.path
-        open_path = path in ("/healthz", "/readyz", "/metrics")
+        open_path = path in ("/", "/healthz", "/readyz", "/metrics")  # the page asks for a token
         if token and not open_path:
             got = request.headers.get("authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
@@ -346,6 +346,13 @@ def create_app(settings: Settings | None = None):
         m["latency"].labels(endpoint).observe(time.perf_counter() - t0)
         m["requests"].labels(endpoint, response.status_code).inc()
         return response
+
+    page = (Path(__file__).parent / "web" / "index.html").read_text()
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        # Self-contained: no script, style or font from anywhere but this page.
+        return HTMLResponse(page)
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -79,6 +79,15 @@ _SPECS = {
         "Chromium",
         timeout=60,
     ),
+    # Debian's chromium-driver: what selenium drives the browser through (the web page's test)
+    "chromedriver": _Spec(
+        "chromedriver",
+        ("chromedriver",),
+        ("--version",),
+        r"^ChromeDriver \d+\.",
+        "ChromeDriver",
+        timeout=60,
+    ),
 }
 _SHARP = "sharp (npm package)"
 _SHARP_PROBE = (
