@@ -4,7 +4,7 @@ Endpoints (OpenAPI at ``/docs``):
 
 - ``GET /healthz``: the process answers. ``GET /readyz``: 200 once the default metric suite is
   loaded, else 503. ``GET /metrics``: Prometheus text (requests, latency, encodes, bytes
-  saved, scores). These three need no token.
+  saved, scores). These, the web page at ``/`` and the API's description need no token.
 - ``POST /v1/score``: multipart ``reference`` and ``candidate`` (+ ``metrics``, ``target``)
   -> what ``imgtune score --json`` prints for the pair.
 - ``POST /v1/optimize``: multipart ``image`` (+ ``target`` or ``quality``, ``codecs``,
@@ -13,6 +13,8 @@ Endpoints (OpenAPI at ``/docs``):
   header says which formats the client takes (a browser without ``image/avif`` never gets
   AVIF; JPEG is always allowed). With ``Accept: application/json``: the same as JSON, with a
   download URL (``GET /v1/results/{id}``, kept for the last `Settings.results` outputs).
+  ``widths`` (``"480,960"``, JSON only): ``{"variants": [...]}``, one per width as
+  ``optimize --widths`` makes them.
 
 - ``POST /v1/jobs``: multipart ``files`` (zips are unpacked, names checked; other files
   taken as images) and `optimize`'s options -> 202 and the job; ``GET /v1/jobs/{id}``: its
@@ -333,7 +335,8 @@ def create_app(settings: Settings | None = None):
     @app.middleware("http")
     async def _observe(request: Request, call_next):
         path = request.url.path
-        open_path = path in ("/", "/healthz", "/readyz", "/metrics")  # the page asks for a token
+        # the page, health and the API's description are open; the page asks for the token
+        open_path = path in ("/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
         if token and not open_path:
             got = request.headers.get("authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
@@ -434,6 +437,7 @@ def create_app(settings: Settings | None = None):
         quality: OptionalField = None,
         codecs: OptionalField = None,
         max_bytes: OptionalField = None,
+        widths: OptionalField = None,
         keep_metadata: Annotated[str, Form()] = "auto",
     ):
         accept = request.headers.get("accept", "")
@@ -449,60 +453,80 @@ def create_app(settings: Settings | None = None):
             src = await _saved(image, folder, "upload")
 
             def work():
-                from .image_job import Status, optimize_image
+                from .image_job import Status, Variant, optimize_image
                 from .predictor import Prediction
+                from .search import widths_for
 
                 try:
                     job = api.optimize_job(
                         target=target, quality=quality, codecs=codecs or allowed,
                         max_bytes=max_bytes, keep_metadata=keep_metadata,
-                        max_pixels=s.max_pixels,
+                        max_pixels=s.max_pixels, widths=widths,
                     )  # fmt: skip
                 except ImgtuneError as exc:
                     raise ServiceError(422, "invalid_request", str(exc)) from None
                 suite = suite_for(tuple(job.target.needed_metrics()))
                 learner = api.model_learner(job.target, "auto", studies=None)
                 prediction = Prediction(model=learner.current() if learner else None)
-                r = optimize_image(
-                    src, job, suite=suite, prediction=prediction,
-                    name=image.filename or "upload", stem="output",
-                )  # fmt: skip
-                o = r.outcome
-                if o.status == Status.SKIPPED:
-                    raise _bad_image(ImgtuneError(o.error or "unusable image"), image.filename)
-                body = r.payload if r.payload is not None else src.read_bytes()
-                return o, body, job
+                variants = [Variant()]
+                if job.widths:
+                    width = _shown_width(src)
+                    if width is None:
+                        raise ServiceError(422, "bad_image", f"{image.filename}: not an image")
+                    variants = [Variant(w) for w in widths_for(width, job.widths)]
+                done = []
+                for v in variants:
+                    r = optimize_image(
+                        src, job.for_variant(v), suite=suite, prediction=prediction,
+                        name=image.filename or "upload", stem="output",
+                    )  # fmt: skip
+                    o = r.outcome
+                    if o.status == Status.SKIPPED:
+                        raise _bad_image(ImgtuneError(o.error or "unusable image"), image.filename)
+                    done.append((o, r.payload if r.payload is not None else src.read_bytes()))
+                return done, job
 
-            o, body, job = await gate.run(work, s.timeout)
+            if widths is not None and not wants_json:
+                raise ServiceError(
+                    406, "not_acceptable",
+                    "with widths the answer is several files: ask with Accept: application/json",
+                )  # fmt: skip
+            done, job = await gate.run(work, s.timeout)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        m["encodes"].inc(o.encodes)
-        m["saved"].inc(max(o.source_bytes - len(body), 0))
-        clause = job.target.clauses[0] if job.target.clauses else None
-        if clause is not None and clause.metric in o.scores:
-            m["score"].labels(str(job.target)).observe(o.scores[clause.metric])
-        if o.scores:
-            observe(dict(o.scores))
-        media = _type(o.codec) if o.codec else _sniff(body)
-        meta = {
-            "status": str(o.status),
-            "codec": o.codec,
-            "quality": o.quality,
-            "bytes": len(body),
-            "source_bytes": o.source_bytes,
-            "width": o.width,
-            "height": o.height,
-            "scores": o.scores,
-            "meets_target": o.meets_target,
-            "target": job.goal(),
-            "type": media,
-            "encodes": o.encodes,
-            "message": o.error,
-        }
+        metas = []
+        for o, body in done:
+            m["encodes"].inc(o.encodes)
+            m["saved"].inc(max(o.source_bytes - len(body), 0))
+            clause = job.target.clauses[0] if job.target.clauses else None
+            if clause is not None and clause.metric in o.scores:
+                m["score"].labels(str(job.target)).observe(o.scores[clause.metric])
+            if o.scores:
+                observe(dict(o.scores))
+            metas.append(
+                {
+                    "status": str(o.status),
+                    "codec": o.codec,
+                    "quality": o.quality,
+                    "bytes": len(body),
+                    "source_bytes": o.source_bytes,
+                    "width": o.width,
+                    "height": o.height,
+                    "scores": o.scores,
+                    "meets_target": o.meets_target,
+                    "target": job.goal(),
+                    "type": _type(o.codec) if o.codec else _sniff(body),
+                    "encodes": o.encodes,
+                    "message": o.error,
+                }
+            )
         if wants_json:
-            rid = secrets.token_hex(12)
-            _keep(results, rid, body, s.results)
-            return {**meta, "url": f"/v1/results/{rid}"}
+            for meta, (_, body) in zip(metas, done, strict=True):
+                rid = secrets.token_hex(12)
+                _keep(results, rid, body, s.results)
+                meta["url"] = f"/v1/results/{rid}"
+            return {"variants": metas} if widths is not None else metas[0]
+        (o, body), meta = done[0], metas[0]
         headers = {
             "X-Imgtune-Status": meta["status"],
             "X-Imgtune-Codec": str(o.codec or ""),
@@ -513,7 +537,7 @@ def create_app(settings: Settings | None = None):
             "X-Imgtune-Target": meta["target"],
             "Vary": "Accept",
         }
-        return Response(body, media_type=media, headers=headers)
+        return Response(body, media_type=meta["type"], headers=headers)
 
     def job_view(meta: dict) -> dict:
         view = {**meta, "url": f"/v1/jobs/{meta['id']}"}
@@ -596,6 +620,18 @@ def _post(url: str, event: dict) -> None:
         httpx.post(url, json=event, timeout=5).raise_for_status()
     except Exception as exc:  # the service goes on whatever the webhook does
         log.error(json.dumps({"event": "alert_not_delivered", "url": url, "error": str(exc)}))
+
+
+def _shown_width(path: Path) -> int | None:
+    """An image's width as shown (EXIF orientation applied), from its header; None: not one."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            return h if im.getexif().get(0x0112) in (5, 6, 7, 8) else w
+    except Exception:
+        return None
 
 
 def _type(codec: str | None) -> str:

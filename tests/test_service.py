@@ -65,10 +65,11 @@ def hook():
 def server(tmp_path_factory, hook):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
+    data = log.parent / "data"
     cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--workers", "1",
            "--queue", "0", "--max-upload", "2MB", "--max-pixels", "4000000", "--timeout", "60",
            "--device", "cpu", "--warn", "ssimulacra2>=60", "--fail", "ssimulacra2>=30",
-           "--window", "50", "--alert-webhook", hook[0]]  # fmt: skip
+           "--window", "50", "--alert-webhook", hook[0], "--data", str(data)]  # fmt: skip
     env = {**os.environ, "IMGTUNE_TOKEN": TOKEN}
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -88,6 +89,9 @@ def server(tmp_path_factory, hook):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        # every request's temporary folder went with it
+        leftover = [p.name for p in data.iterdir() if p.name.startswith("req-")]
+        assert leftover == [], leftover
 
 
 def _png(name: str = "coffee", side: int = 192) -> bytes:
@@ -414,3 +418,56 @@ def test_a_job_survives_a_restart_and_a_queued_one_can_be_cancelled(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_widths_come_back_as_json_variants_and_need_json(server):
+    base, _ = server
+    upload = _png(side=192)
+    r = _optimize(base, upload, accept="application/json", widths="64,128,500")
+    assert r.status_code == 200, r.text
+    variants = r.json()["variants"]
+    assert [v["width"] for v in variants] == [64, 128, 192]  # 500: the upload's own width
+    for v in variants:
+        got = Image.open(io.BytesIO(httpx.get(base + v["url"], headers=AUTH).content))
+        assert got.size == (v["width"], v["height"]) and v["meets_target"] is True
+    r = _optimize(base, upload, widths="64")
+    assert r.status_code == 406 and r.json()["error"]["code"] == "not_acceptable"
+
+
+def test_cors_is_off_and_the_api_description_is_open(server):
+    base, _ = server
+    r = httpx.options(
+        f"{base}/v1/optimize",
+        headers={"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in r.headers
+    r = httpx.get(f"{base}/healthz", headers={"Origin": "https://elsewhere.example"})
+    assert "access-control-allow-origin" not in r.headers
+    spec = httpx.get(f"{base}/openapi.json").json()
+    assert {"/v1/optimize", "/v1/score", "/v1/jobs", "/healthz"} <= set(spec["paths"])
+
+
+def test_a_request_past_the_time_limit_is_answered_504_and_keeps_its_slot():
+    import asyncio
+
+    from optimizer.service import ServiceError, _Gate
+
+    gate = _Gate(running=1, waiting=0)
+    release = threading.Event()
+
+    async def go():
+        with pytest.raises(ServiceError) as slow:
+            await gate.run(lambda: release.wait(10), timeout=0.2)
+        assert slow.value.status == 504 and slow.value.code == "timeout"
+        # its work still runs: the slot is not given to another request meanwhile
+        with pytest.raises(ServiceError) as busy:
+            await gate.run(lambda: None, timeout=1)
+        assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "2"}
+        release.set()
+        for _ in range(50):
+            if gate.inflight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await gate.run(lambda: 42, timeout=1) == 42
+
+    asyncio.run(go())
