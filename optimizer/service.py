@@ -413,8 +413,9 @@ def create_app(settings: Settings | None = None):
                         ref, cand, metrics=metrics or api.DEFAULT_METRICS, target=target,
                         device=s.device, max_pixels=s.max_pixels,
                     )  # fmt: skip
-                except ImageError as exc:
-                    raise _bad_image(exc, candidate.filename) from None
+                except ImageError as exc:  # which of the two it is, by our name for it
+                    which = reference if str(exc).startswith(str(ref)) else candidate
+                    raise _bad_image(exc, which.filename) from None
                 except WeightsMissingError as exc:
                     raise ServiceError(503, "weights_missing", str(exc)) from None
                 except (ValueError, ImgtuneError) as exc:

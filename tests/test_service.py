@@ -10,7 +10,6 @@ import http.server
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,16 +24,11 @@ from PIL import Image
 from optimizer import api
 from optimizer.metrics import MetricSuite
 
+from . import _serve
 from .conftest import SAMPLES
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
@@ -63,32 +57,18 @@ def hook():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hook):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     data = log.parent / "data"
-    cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--workers", "1",
-           "--queue", "0", "--max-upload", "2MB", "--max-pixels", "4000000", "--timeout", "60",
-           "--device", "cpu", "--warn", "ssimulacra2>=60", "--fail", "ssimulacra2>=30",
-           "--window", "50", "--alert-webhook", hook[0], "--data", str(data)]  # fmt: skip
-    env = {**os.environ, "IMGTUNE_TOKEN": TOKEN}
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    proc, base = _serve.start(
+        "--workers", "1", "--queue", "0", "--max-upload", "2MB", "--max-pixels", "4000000",
+        "--timeout", "60", "--warn", "ssimulacra2>=60", "--fail", "ssimulacra2>=30",
+        "--window", "50", "--alert-webhook", hook[0], "--data", str(data),
+        env={"IMGTUNE_TOKEN": TOKEN}, log=log,
+    )  # fmt: skip
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not get ready"
-            time.sleep(0.3)
         yield base, proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _serve.stop(proc)
         # every request's temporary folder went with it
         leftover = [p.name for p in data.iterdir() if p.name.startswith("req-")]
         assert leftover == [], leftover
@@ -302,7 +282,7 @@ def test_the_docker_image_s_entrypoint_and_healthcheck_run_as_written(tmp_path):
     check = json.loads(lines["HEALTHCHECK"].split(" CMD ", 1)[1])
     assert lines["USER"] != "root" and lines["EXPOSE"] == "8000"
     assert entry[:2] == ["imgtune", "serve"] and entry[entry.index("--port") + 1] == "8000"
-    port = _free_port()
+    port = _serve.free_port()
     entry[entry.index("--host") + 1] = "127.0.0.1"
     entry[entry.index("--port") + 1] = str(port)
     exe = Path(sys.executable).parent / entry[0]
@@ -379,24 +359,13 @@ def test_a_job_of_a_zip_and_files_runs_in_the_background_and_gives_a_zip(server)
 
 
 def test_a_job_survives_a_restart_and_a_queued_one_can_be_cancelled(tmp_path):
-    port = _free_port()
+    port = _serve.free_port()
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--device", "cpu",
-           "--data", str(data)]  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
 
     def start():
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.3)
+        return _serve.start("--data", str(data), port=port)[0]
 
+    base = f"http://127.0.0.1:{port}"
     names = ["chelsea", "coffee", "rocket", "astronaut", "twins_cc0", "graphic_text"]
     archive = _zip_of({f"{n}.png": _png(n, 160) for n in names})
     proc = start()

@@ -8,17 +8,14 @@ from __future__ import annotations
 import base64
 import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
+from . import _serve
 from ._tools import need_tool
-from .test_service import _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "page-token"
@@ -26,27 +23,11 @@ TOKEN = "page-token"
 
 @pytest.fixture(scope="module")
 def service():
-    port = _free_port()
-    cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--device", "cpu"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "IMGTUNE_TOKEN": TOKEN},
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    proc, base = _serve.start(env={"IMGTUNE_TOKEN": TOKEN})
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.3)
         yield base
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _serve.stop(proc)
 
 
 @pytest.fixture

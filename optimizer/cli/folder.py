@@ -94,6 +94,15 @@ BestEffortOpt = Annotated[
         "best_effort; exit 3). Default: keep the original and report the image.",
     ),
 ]
+HtmlOpt = Annotated[
+    bool,
+    typer.Option(
+        "--html",
+        help="Add a <picture>/srcset snippet per image to OUT/imgtune.json, and write "
+        "OUT/imgtune.html showing them all.",
+        rich_help_panel="Web assets",
+    ),
+]
 SrcArg = Annotated[
     Path, typer.Argument(metavar="SRC", help="Folder of source images (never modified).")
 ]
@@ -338,15 +347,7 @@ def optimize(
             rich_help_panel="Web assets",
         ),
     ] = "auto",
-    html: Annotated[
-        bool,
-        typer.Option(
-            "--html",
-            help="Add a <picture>/srcset snippet per image to OUT/imgtune.json, and write "
-            "OUT/imgtune.html showing them all.",
-            rich_help_panel="Web assets",
-        ),
-    ] = False,
+    html: HtmlOpt = False,
 ) -> None:
     """Make every image of SRC as small as it can be while it still meets the target.
 
@@ -405,14 +406,7 @@ def apply(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     compile: CompileOpt = False,
-    html: Annotated[
-        bool,
-        typer.Option(
-            "--html",
-            help="Add a <picture>/srcset snippet per image to OUT/imgtune.json, and write "
-            "OUT/imgtune.html showing them all.",
-        ),
-    ] = False,
+    html: HtmlOpt = False,
 ) -> None:
     """Encode every image of SRC with PRESET's recipe, score each output against the preset's
     target, and report those that miss it (their originals are kept unless --best-effort).
