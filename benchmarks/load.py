@@ -85,16 +85,26 @@ def rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
 
-def start_server(workers: int, queue: int, extra: list[str] | None = None):
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--workers",
-           str(workers), "--queue", str(queue), "--device", "cpu", *(extra or [])]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+        return s.getsockname()[1]
+
+
+def start_server(*args: str, port: int | None = None, env: dict | None = None,
+                 log: Path | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
+    """`imgtune serve ARGS` (CPU) on 127.0.0.1:`port` (default: a free one), once /readyz
+    answers 200; its output to `log` (default: dropped). Returns the process and its URL."""
     import httpx
 
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "optimizer", "serve", "--port", str(port), "--device", "cpu",
+           *args]  # fmt: skip
+    out = log.open("w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+    base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -104,7 +114,8 @@ def start_server(workers: int, queue: int, extra: list[str] | None = None):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("the server did not start")
+            why = log.read_text()[-3000:] if log else "(no log)"
+            raise RuntimeError(f"the server did not get ready: {why}")
         time.sleep(0.3)
 
 
@@ -131,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     body = image(args.side)
-    proc, base = start_server(args.workers, args.queue)
+    proc, base = start_server("--workers", str(args.workers), "--queue", str(args.queue))
     try:
         run_load(base, clients=2, seconds=5, body=body)  # warm-up: caches, suites, allocators
         before = rss(proc.pid)
