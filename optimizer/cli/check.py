@@ -41,9 +41,11 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Judge ENCODED against ORIGINALS for CI: the set's bad tail (5th percentile of each metric,
-    95th for LPIPS-like ones) against --warn and --fail, and each image alone. Exit 3 when the
-    tail misses --fail; a --warn miss is reported, exit 0."""
+    """A quality gate for CI: judge ENCODED against ORIGINALS by --warn and --fail.
+
+    The set's bad tail (5th percentile of each metric, 95th for LPIPS-like ones) is judged
+    against --warn and --fail, and each image alone. Exit 3 when the tail misses --fail; a
+    --warn miss is reported, exit 0."""
     result = api.check(originals, encoded, warn=warn, fail=fail, device=device)
     if junit is not None:
         _junit(result, junit)

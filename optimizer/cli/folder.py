@@ -410,6 +410,7 @@ def apply(
 ) -> None:
     """Encode every image of SRC with PRESET's recipe, score each output against the preset's
     target, and report those that miss it (their originals are kept unless --best-effort).
+
     A preset tuned with --widths makes each image at each width (a-480w.avif). Reruns skip
     outputs that are up to date; Ctrl-C leaves only whole files. OUT/imgtune.json lists the
     outputs for builds.

@@ -70,10 +70,12 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the HTTP service: POST /v1/score and /v1/optimize, GET /healthz, /readyz, /metrics
-    and /v1/monitor; OpenAPI at /docs. Limits answer with JSON errors (413, 422, 503, 504).
-    With --warn/--fail, a monitor judges the bad tail of the last --window scored outputs and
-    logs, counts and POSTs each change of its level."""
+    """Run the HTTP service: optimise and score uploads, background jobs, a web page at /.
+
+    Endpoints: POST /v1/optimize, /v1/score and /v1/jobs; GET /healthz, /readyz, /metrics and
+    /v1/monitor; OpenAPI at /docs. Limits answer with JSON errors (413, 422, 503, 504). With
+    --warn/--fail, a monitor judges the bad tail of the last --window scored outputs and logs,
+    counts and POSTs each change of its level."""
     from ..api import parse_bytes
     from ..service import Settings
     from ..service import serve as run
