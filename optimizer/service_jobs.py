@@ -24,12 +24,15 @@ from typing import Any
 
 from .errors import ImgtuneError
 from .files import atomic_write_text
+from .locks import AlreadyRunningError, RunLock
 from .outdir import LOCK_NAME
 
 __all__ = ["JobRunner", "JobError"]
 
 #: states a job goes through; the last three are final
 STATES = ("queued", "running", "done", "failed", "cancelled")
+#: a job's files beside job.json: held while it runs; asks it to stop
+RUN_LOCK, CANCEL = ".run.lock", "cancel"
 #: options a job takes (as `api.optimize`'s)
 OPTIONS = ("target", "quality", "codecs", "max_bytes", "keep_metadata", "widths", "formats")
 
@@ -53,7 +56,6 @@ class JobRunner:
         self.root.mkdir(parents=True, exist_ok=True)
         self.device, self.max_files = device, max_files
         self._queue: queue.Queue[str | None] = queue.Queue()
-        self._cancel: set[str] = set()
         self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._work, daemon=True, name=f"imgtune-job-{i}")
@@ -115,8 +117,9 @@ class JobRunner:
         meta = self.status(jid)
         if meta["state"] in ("done", "failed", "cancelled"):
             return meta
+        # A file, not a flag: the process running the job may be another one (--processes).
+        (self.root / jid / CANCEL).touch()
         with self._lock:
-            self._cancel.add(jid)
             meta = self.status(jid)
             if meta["state"] == "queued":  # not started: cancelled now
                 meta["state"] = "cancelled"
@@ -139,13 +142,23 @@ class JobRunner:
                 self._write(jid, meta)
 
     def _run(self, jid: str) -> None:
+        # One process runs a job: the others (--processes, each with a runner that resumes the
+        # same folder) find it locked and leave it.
+        try:
+            with RunLock(self.root / jid / RUN_LOCK, f"job {jid}"):
+                self._run_locked(jid)
+        except AlreadyRunningError:
+            return
+
+    def _run_locked(self, jid: str) -> None:
         from . import api
 
+        cancelled = self.root / jid / CANCEL
         with self._lock:
             meta = self._read(jid)
             if meta is None or meta["state"] not in ("queued", "running"):
                 return
-            if jid in self._cancel:
+            if cancelled.exists():
                 meta["state"] = "cancelled"
                 self._write(jid, meta)
                 return
@@ -157,7 +170,7 @@ class JobRunner:
         def progress(outcome) -> None:
             nonlocal done
             done += 1
-            if jid in self._cancel:
+            if cancelled.exists():
                 raise _Cancelled
             if done % 5 == 0:
                 with self._lock:

@@ -440,3 +440,28 @@ def test_a_request_past_the_time_limit_is_answered_504_and_keeps_its_slot():
         assert await gate.run(lambda: 42, timeout=1) == 42
 
     asyncio.run(go())
+
+
+def test_two_runners_on_one_folder_run_a_job_once(tmp_path):
+    # --processes: each server process has a runner over the same --data; a job resumed by
+    # both is run by one (the other finds it locked), and a cancel reaches either.
+    from optimizer.service_jobs import JobRunner
+
+    src = tmp_path / "upload.png"
+    src.write_bytes(_png(side=64))
+    a = JobRunner(tmp_path / "jobs", device="cpu")
+    meta = a.submit([("a.png", src)], {"quality": "medium"})
+    b = JobRunner(tmp_path / "jobs", device="cpu")  # finds it queued: takes it too
+    deadline = time.monotonic() + 120
+    while a.status(meta["id"])["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert a.status(meta["id"])["state"] == "done", a.status(meta["id"])
+    queued = a.submit([("b.png", src)], {"quality": "medium"})
+    b.cancel(queued["id"])
+    while a.status(queued["id"])["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert a.status(queued["id"])["state"] == "cancelled"
+    a.stop()
+    b.stop()
