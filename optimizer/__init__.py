@@ -27,6 +27,7 @@ _LAZY = {
     "optimize": ".api",
     "apply": ".api",
     "score": ".api",
+    "check": ".api",
     "build_suite": ".api",
     "TuneResult": ".api",
     "load_preset": ".presets",
