@@ -18,9 +18,7 @@ intact, without decoding it, and replays the qualities the manifest records into
 from __future__ import annotations
 
 import hashlib
-import io
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +26,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from .assets import AssetWriter
 from .codecs import CODECS
@@ -43,7 +39,7 @@ from .image_job import (
     optimize_image,
     stem_with,
 )
-from .images import ImageError, iter_image_files
+from .images import ImageError, iter_image_files, shown_size
 from .manifest import Manifest
 from .outcome import ExitCode, RunCounts
 from .outdir import (
@@ -272,8 +268,10 @@ class _Slot:
     sha: str | None = None
     entry: dict[str, Any] | None = None
     #: which of the image's outputs (`Variant.tag`; "" for a job without variants), its job
+    #: and that job's key (what the manifest records)
     variant: str = ""
     job: Job | None = None
+    key: str = ""
 
 
 @dataclass
@@ -289,6 +287,7 @@ class _FolderRun:
     names: dict[Path, str]  # source -> output stem
     key: str  # the job's settings, as the manifest records them
     spec: dict[str, Any] = field(default_factory=dict)  # the metric suite's, for variants' keys
+    _variant_jobs: dict[Variant, tuple[Job, str]] = field(default_factory=dict)
     found: dict[int, _Learnt | dict[str, Any]] = field(default_factory=dict)
     learned: int = 0
     #: the learned quality model and the user's observations (`quality_model.ModelLearner`)
@@ -320,38 +319,47 @@ class _FolderRun:
             rel = item.path.relative_to(self.src_root).as_posix()
             return [_Slot(index, rel, outcome=ImageOutcome(rel, Status.SKIPPED, error=str(item)))]
         rel = item.relative_to(self.src_root).as_posix()
-        data, sha, size = b"", None, (0, 0)
+        data, sha = b"", None
         with suppress(OSError):  # unreadable (a broken link, a folder): `load` says why
             data = item.read_bytes()
             sha = _sha256(data)
-        with suppress(Exception), warnings.catch_warnings():
-            # Its size, from the header: `load` applies the pixel limit and names what is wrong.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                size = im.size
-                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # shown turned a quarter
-                    size = size[::-1]
+        # The header is read only where something needs it: the widths an image is made at
+        # (as shown), the pixels of an image to compute (the memory budget).
+        size = shown_size(data) if self.job.widths and data else None
         # An unreadable source gets its plain slot: `load` says why, once.
-        variants = self.job.variants(size[0]) if size[0] else [Variant()]
+        if not self.job.widths:
+            variants = self.job.variants(0)  # formats only, or the one plain output
+        else:
+            variants = self.job.variants(size[0]) if size else [Variant()]
         slots = []
         for k, v in enumerate(variants):
-            job = self.job.for_variant(v)
+            job, job_key = self.variant_job(v)
             key = f"{rel}#{v.tag}" if v.tag else rel
             stem = self.job.variant_stem(self.names[item], v)
             slot = _Slot(
                 index + k, rel, item, stem=stem, sha=sha, entry=self.manifest.lookup(key),
-                variant=v.tag, job=job, pixels=size[0] * size[1],
+                variant=v.tag, job=job, key=job_key,
             )  # fmt: skip
             slots.append(slot)
             entry = slot.entry
-            job_key = self.key if job is self.job else job.key(self.spec)
             if sha and _up_to_date(entry, job_key, src_sha=sha, out=self.out, stem=stem, rel=rel):
                 o = ImageOutcome(**{k: entry[k] for k in _OUTCOME_FIELDS if k in entry})
                 o.status, o.encodes = Status.UP_TO_DATE, 0
                 slot.outcome = o
                 if entry["status"] == Status.WRITTEN or entry.get("found") is not None:
                     self.found[slot.index] = entry
+            else:
+                if size is None and data:
+                    size = shown_size(data)
+                slot.pixels = size[0] * size[1] if size else 0
         return slots
+
+    def variant_job(self, v: Variant) -> tuple[Job, str]:
+        """A variant's job and its key, made once per run (images share their variants)."""
+        if v not in self._variant_jobs:
+            job = self.job.for_variant(v)
+            self._variant_jobs[v] = (job, self.key if job is self.job else job.key(self.spec))
+        return self._variant_jobs[v]
 
     def finish(self, slot: _Slot) -> ImageOutcome:
         """The image's outcome, its output written and its manifest line appended."""
@@ -400,7 +408,7 @@ class _FolderRun:
         self.manifest.append(
             {
                 **outcome.record(),
-                "job": self.key if slot.job in (None, self.job) else slot.job.key(self.spec),
+                "job": slot.key or self.key,
                 "sha256": slot.sha or _sha256(path.read_bytes()),
                 "output_sha256": _sha256(body),
                 # what the predictor learnt from it (the qualities found at the probe speed,

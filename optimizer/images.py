@@ -37,6 +37,7 @@ __all__ = [
     "OutsideSourceError",
     "SourceImage",
     "TooManyPixelsError",
+    "shown_size",
     "TooSmallError",
     "TruncatedImageError",
     "UnsupportedImageError",
@@ -473,6 +474,21 @@ def load(
 
 
 _JPEGS = ("JPEG", "MPO")
+
+
+def shown_size(source: str | os.PathLike[str] | bytes) -> tuple[int, int] | None:
+    """(width, height) of an image as shown (EXIF orientation applied), from its header only (a
+    path or the file's bytes); None where Pillow cannot read one. No pixel limit here: `load`
+    applies it and names what is wrong."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            f = io.BytesIO(source) if isinstance(source, bytes) else source
+            with Image.open(f) as im:
+                w, h = im.size
+                return (h, w) if _exif_orientation(im) in (5, 6, 7, 8) else (w, h)
+    except Exception:
+        return None
 
 
 def _exif_orientation(im: Image.Image) -> int | None:
