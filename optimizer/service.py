@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,8 +58,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .assets import FORMAT_OF, MIME
+from .codecs import CODECS
 from .errors import ImgtuneError
+from .images import ImageError, shown_size
 from .metrics.lpips_metric import WeightsMissingError
+from .monitor import LEVELS
 from .service_jobs import JobError
 
 #: multipart fields (FastAPI reads these annotations at run time: they must be module-level)
@@ -71,8 +75,6 @@ __all__ = ["Settings", "create_app", "app_from_env"]
 log = logging.getLogger("imgtune.serve")
 
 ENV = "IMGTUNE_SERVE_SETTINGS"
-#: Accept media types -> the codecs they allow (JPEG: every browser)
-ACCEPTED = {"image/avif": "avif", "image/webp": "webp", "image/jxl": "jxl"}
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,6 @@ class Settings:
     fail: str | None = None
     window: int = 500
     alert_webhook: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -241,7 +242,6 @@ def _metrics():
 def create_app(settings: Settings | None = None):
     """The FastAPI application for `settings`."""
     from . import api
-    from .images import ImageError
 
     s = settings or Settings()
     token = s.token or os.environ.get("IMGTUNE_TOKEN") or None
@@ -256,14 +256,24 @@ def create_app(settings: Settings | None = None):
 
         monitor = QualityMonitor(Thresholds.parse(s.warn, s.fail), window=s.window)
     suites: dict[tuple, Any] = {}
-    suites_lock = threading.Lock()
+    models: dict[str, Any] = {}  # target -> the shipped quality model (None: none for it)
+    loaded = threading.Lock()
     state = {"ready": False}
 
     def suite_for(metrics: tuple[str, ...]):
-        with suites_lock:
+        with loaded:
             if metrics not in suites:
                 suites[metrics] = api.build_suite(metrics=list(metrics), device=s.device)
             return suites[metrics]
+
+    def model_for(target) -> Any:
+        """The learned model for `target`, read once per process (the service learns nothing
+        from its requests, so it never changes)."""
+        with loaded:
+            if str(target) not in models:
+                learner = api.model_learner(target, "auto", studies=None)
+                models[str(target)] = learner.current() if learner else None
+            return models[str(target)]
 
     runner: list[Any] = []  # the job runner, started with the app (jobs resume then)
 
@@ -293,7 +303,7 @@ def create_app(settings: Settings | None = None):
         stats = monitor.stats()
         for name, value in monitor.tails.items():
             m["tail"].labels(name).set(value)
-        m["level"].set(("ok", "warning", "critical").index(stats["level"]))
+        m["level"].set(LEVELS.index(stats["level"]))
         if event is None:
             return
         event = {**event, "stats": stats, "time": time.time()}
@@ -448,15 +458,14 @@ def create_app(settings: Settings | None = None):
         named = any(t.startswith("image/") for t in takes)
         if codecs is None and named and "image/*" not in takes and "*/*" not in takes:
             # what the client takes decides (JPEG: every client); JSON alone: any format
-            allowed = [c for c in allowed if c == "jpeg" or _type(c) in takes]
+            allowed = [c for c in allowed if c == "jpeg" or media_type(c) in takes]
         folder = Path(tempfile.mkdtemp(prefix="req-", dir=data))
         try:
             src = await _saved(image, folder, "upload")
 
             def work():
-                from .image_job import Status, Variant, optimize_image
+                from .image_job import Status, optimize_image
                 from .predictor import Prediction
-                from .search import widths_for
 
                 try:
                     job = api.optimize_job(
@@ -467,16 +476,12 @@ def create_app(settings: Settings | None = None):
                 except ImgtuneError as exc:
                     raise ServiceError(422, "invalid_request", str(exc)) from None
                 suite = suite_for(tuple(job.target.needed_metrics()))
-                learner = api.model_learner(job.target, "auto", studies=None)
-                prediction = Prediction(model=learner.current() if learner else None)
-                variants = [Variant()]
-                if job.widths:
-                    width = _shown_width(src)
-                    if width is None:
-                        raise ServiceError(422, "bad_image", f"{image.filename}: not an image")
-                    variants = [Variant(w) for w in widths_for(width, job.widths)]
+                prediction = Prediction(model=model_for(job.target))
+                size = shown_size(src) if job.widths else (0, 0)
+                if size is None:
+                    raise ServiceError(422, "bad_image", f"{image.filename}: not an image")
                 done = []
-                for v in variants:
+                for v in job.variants(size[0]):
                     r = optimize_image(
                         src, job.for_variant(v), suite=suite, prediction=prediction,
                         name=image.filename or "upload", stem="output",
@@ -516,7 +521,7 @@ def create_app(settings: Settings | None = None):
                     "scores": o.scores,
                     "meets_target": o.meets_target,
                     "target": job.goal(),
-                    "type": _type(o.codec) if o.codec else _sniff(body),
+                    "type": media_type(o.codec) if o.codec else _sniff(body),
                     "encodes": o.encodes,
                     "message": o.error,
                 }
@@ -598,19 +603,11 @@ def create_app(settings: Settings | None = None):
         path = results / rid
         if not path.is_file():
             raise ServiceError(404, "not_found", "no such result (results are kept a while)")
-        return FileResponse(path, media_type=_sniff(path.read_bytes()[:64]))
+        with path.open("rb") as f:
+            head = f.read(64)
+        return FileResponse(path, media_type=_sniff(head))
 
     return _Limit(app, s.max_upload)
-
-
-_TYPES = {
-    "avif": "image/avif",
-    "webp": "image/webp",
-    "jxl": "image/jxl",
-    "jpeg": "image/jpeg",
-    "webp-lossless": "image/webp",
-    "png": "image/png",
-}
 
 
 def _post(url: str, event: dict) -> None:
@@ -623,20 +620,9 @@ def _post(url: str, event: dict) -> None:
         log.error(json.dumps({"event": "alert_not_delivered", "url": url, "error": str(exc)}))
 
 
-def _shown_width(path: Path) -> int | None:
-    """An image's width as shown (EXIF orientation applied), from its header; None: not one."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            return h if im.getexif().get(0x0112) in (5, 6, 7, 8) else w
-    except Exception:
-        return None
-
-
-def _type(codec: str | None) -> str:
-    return _TYPES.get(codec or "", "application/octet-stream")
+def media_type(codec: str) -> str:
+    """The media type of `codec`'s files (`assets.MIME`, by the extension it writes)."""
+    return MIME.get(FORMAT_OF.get(CODECS[codec].extension, ""), "application/octet-stream")
 
 
 def _sniff(head: bytes) -> str:
