@@ -429,9 +429,7 @@ def tune(
         check_roots(folder, Path(out))  # now, not after the search
     chosen = check_codecs(codecs)
     lossy_only("tune", tgt, chosen)
-    width_list = parse_widths(widths)
-    if width_list and (max_width is not None or max_height is not None):
-        raise UsageError("--widths sets each output's width: leave out --max-width/--max-height")
+    width_list = parse_widths(widths, boxed=max_width is not None or max_height is not None)
     bounds = parse_quality_ranges(quality_range, chosen)
     suite = build_suite(target=tgt, weights=weights, device=device, compile=compile)
     sources, skipped = load_folder(
@@ -637,7 +635,7 @@ def optimize(
         Whether this run's results refine the model kept in `studies` (default ``studies/``).
     widths:
         One output per width (``"480,960,1920"`` or a list), each no wider than its source
-        (never upscaled; the source's own width where it is narrower than all of them), each
+        (never upscaled: the source's own width instead of those wider than it), each
         searched like a plain output and scored against the source resized to that width.
         Named by `name_pattern` (default ``{stem}-{width}w``: ``a-480w.avif``).
     formats:
@@ -727,10 +725,8 @@ def optimize_job(
     tgt = resolve_target(target, quality or "high")
     if budget is not None and tgt.lossless:
         raise UsageError("--max-bytes picks among lossy encodes; --quality lossless has no choice")
-    width_list = parse_widths(widths)
+    width_list = parse_widths(widths, boxed=max_width is not None or max_height is not None)
     format_list = parse_formats(formats, tgt)
-    if width_list and (max_width is not None or max_height is not None):
-        raise UsageError("--widths sets each output's width: leave out --max-width/--max-height")
     names = check_codecs(codecs)
     if format_list:  # each format's codecs: the lossless ones where `codecs` has them
         ext = {FORMATS[f] for f in format_list}
@@ -780,10 +776,13 @@ def parse_bytes(text: str | int) -> int:
     return n
 
 
-def parse_widths(widths: str | Sequence[int] | None) -> tuple[int, ...]:
-    """``"480,960"`` (or a list) -> (480, 960): positive, sorted, each once."""
+def parse_widths(widths: str | Sequence[int] | None, *, boxed: bool = False) -> tuple[int, ...]:
+    """``"480,960"`` (or a list) -> (480, 960): positive, sorted, each once. `boxed`: a
+    --max-width/--max-height was given too, which widths replace (refused)."""
     if widths is None:
         return ()
+    if boxed:
+        raise UsageError("--widths sets each output's width: leave out --max-width/--max-height")
     items = [w.strip() for w in widths.split(",")] if isinstance(widths, str) else list(widths)
     out = set()
     for w in items:

@@ -38,7 +38,7 @@ from .predictor import Prediction
 from .probe_speed import DEFAULT_PROBE_SPEED, fast_recipe
 from .quality_search import Probe, lowest_passing
 from .recipe import Candidate
-from .search import ImageSet, widths_for
+from .search import DEFAULT_NAME_PATTERN, ImageSet, widths_for
 from .targets import Target
 
 __all__ = [
@@ -66,8 +66,6 @@ FORMATS = {"avif": ".avif", "webp": ".webp", "jpeg": ".jpg", "jxl": ".jxl"}
 #: the formats a browser shows: an output of a width or format variant may be the source itself
 #: (kept: nothing smaller passed) only where the source is in one of them, or in its format
 WEB_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF")
-#: `--widths` variants' names, without the extension
-DEFAULT_NAME_PATTERN = "{stem}-{width}w"
 #: `--keep-metadata`: what an encoded output carries. Its pixels are always sRGB (`load`
 #: converts a source's profile) and turned as EXIF orientation says (the tag is never kept).
 #: auto: an sRGB profile where the source had another (its colours were converted: the tag says
@@ -236,7 +234,7 @@ class Job:
             ext = FORMATS[v.format]
             bases = tuple(b for b in bases if CODECS[b.codec].extension == ext)
             lossless = tuple(c for c in lossless if CODECS[c.codec].extension == ext)
-            keep = tuple({CODECS[b.codec].pil_format for b in bases})
+            keep = tuple(sorted({CODECS[b.codec].pil_format for b in bases}))  # a stable key
         return replace(
             self, bases=bases, lossless=lossless, max_width=v.width or self.max_width,
             widths=(), formats=(), name_pattern=DEFAULT_NAME_PATTERN, keep_formats=keep,

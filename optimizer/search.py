@@ -213,6 +213,11 @@ class _Item:
         return self.source.channels
 
 
+#: the names of an image's outputs at several widths, without the extension (`optimize
+#: --name-pattern`'s default; `tune --widths --out` and `apply` name theirs so too)
+DEFAULT_NAME_PATTERN = "{stem}-{width}w"
+
+
 def widths_for(width: int, widths: Sequence[int]) -> list[int]:
     """The `widths` an image `width` px wide is made at: those no wider than it, and its own
     width where one asked for is wider (never upscaled: the largest screens get all it has)."""
@@ -390,7 +395,9 @@ class ImageSet:
                 and it.size == (src.width, src.height)
             )
             ext = src.path.suffix if keep else CODECS[cand.codec].extension
-            stem = names[src.path] + (f"-{it.size[0]}w" if self.widths else "")
+            stem = names[src.path]
+            if self.widths:
+                stem = DEFAULT_NAME_PATTERN.format(stem=stem, width=it.size[0])
             rel = stem + ("" if stem.endswith(ext) else ext)
             out.write_bytes(rel, src.path.read_bytes() if keep else data)
             written.append(
