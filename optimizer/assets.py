@@ -112,6 +112,20 @@ def picture(variants: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _status(o: Any) -> str:
+    """What put the output in OUT; for one up to date, what its run did, as that run's outcome
+    recorded it (no codec: the source kept; missing the target: the source kept as missed, or
+    the closest encode written)."""
+    if str(o.status) != "up_to_date":
+        return str(o.status)
+    if o.codec is None:
+        return "kept"
+    if o.meets_target is False:
+        same = PurePosixPath(o.output).suffix == PurePosixPath(o.source).suffix
+        return "missed" if same else "best_effort"
+    return "written"
+
+
 class AssetWriter:
     """Streams imgtune.json (and imgtune.html) for one run; `add` each outcome in input order
     (an image's variants follow one another), `commit` when the run completed."""
@@ -175,7 +189,7 @@ class AssetWriter:
                 "bytes": o.output_bytes,
                 "codec": o.codec,
                 "quality": o.quality,
-                "status": "written" if str(o.status) == "up_to_date" else str(o.status),
+                "status": _status(o),
                 "meets_target": o.meets_target,
                 "scores": {k: v for k, v in (o.scores or {}).items() if v == v},
                 "variant": o.variant,

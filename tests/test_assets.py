@@ -240,3 +240,30 @@ window.addEventListener('load', () => {
         for item in doc["images"].values()
     )  # fmt: skip
     assert fetched == widest
+
+
+def test_an_up_to_date_output_keeps_the_status_its_run_gave_it(tmp_path):
+    from optimizer.assets import AssetWriter
+    from optimizer.image_job import ImageOutcome, Status
+    from optimizer.outdir import OutputDir
+
+    out = OutputDir(tmp_path)
+    (tmp_path / "a.png").write_bytes(b"x")  # an existing output (its size is in the record)
+    rows = [
+        ImageOutcome("a.png", Status.UP_TO_DATE, output="a.png", width=1, height=1),
+        ImageOutcome("b.png", Status.UP_TO_DATE, output="b.avif", codec="avif", width=1,
+                     height=1, meets_target=True),
+        ImageOutcome("c.png", Status.UP_TO_DATE, output="c.png", codec="avif", width=1,
+                     height=1, meets_target=False),
+        ImageOutcome("d.png", Status.UP_TO_DATE, output="d.avif", codec="avif", width=1,
+                     height=1, meets_target=False),
+    ]  # fmt: skip
+    w = AssetWriter(out, target="ssimulacra2>=80")
+    with w.open():
+        for o in rows:
+            w.add(o)
+        w.commit()
+    doc = json.loads((tmp_path / "imgtune.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    got = {k: v["variants"][0]["status"] for k, v in doc["images"].items()}
+    assert got == {"a.png": "kept", "b.png": "written", "c.png": "missed", "d.png": "best_effort"}
