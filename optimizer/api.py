@@ -28,6 +28,7 @@ from .targets import Target, check_aggregate, resolve_target
 if TYPE_CHECKING:
     from .batch import RunSummary
     from .image_job import ImageOutcome
+    from .metrics.set_metrics import SetScorer
     from .metrics.suite import MetricSuite
     from .recipe import Candidate
     from .scoring import PairResult, Problem, ScoreReport
@@ -101,6 +102,24 @@ def build_suite(
         raise UsageError(str(exc)) from None
 
 
+def build_set_scorer(
+    set_metrics: str | Sequence[str], *, weights: PathLike | None = None, device: str = "auto"
+) -> SetScorer:
+    """The FID/KID scorer for `set_metrics` (``"fid,kid"``); its Inception checkpoint is
+    located first (`WeightsMissingError` before any work); an unknown name is a `UsageError`."""
+    from .metrics.set_metrics import SetScorer, parse_set_metrics
+
+    try:
+        names = parse_set_metrics(
+            set_metrics if isinstance(set_metrics, str) else ",".join(set_metrics)
+        )
+        return SetScorer(names, device=device, weights_dir=weights)
+    except ImgtuneError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _limit(max_pixels: int | None) -> int:
     if max_pixels is not None and max_pixels < 1:
         raise UsageError(f"max_pixels must be at least 1, got {max_pixels}")
@@ -132,6 +151,7 @@ def score(
     animated: AnimatedPolicy = "refuse",
     follow_symlinks: bool = False,
     suite: MetricSuite | None = None,
+    set_metrics: str | Sequence[str] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[PairResult | Problem], None] | None = None,
 ) -> PairResult | ScoreReport:
@@ -152,6 +172,10 @@ def score(
     suite:
         A `MetricSuite` to reuse (then `metrics`, `composite`, `lpips_net`, `weights`, `device`
         and `compile` are not used).
+    set_metrics:
+        Folders only: set-level metrics of the originals against the candidates as two sets,
+        ``"fid,kid"`` (pytorch-fid's Inception; its checkpoint is found like LPIPS's, from
+        `weights`), in `report.set_metrics` with notes on what a set of this size can say.
     on_start, on_result:
         Folders: called with the number of pairs, then with each `PairResult` or skipped input
         (`Problem`) as it is done; problems found while pairing come before `on_start`.
@@ -172,6 +196,14 @@ def score(
             raise ImgtuneError(f"{p}: no such file or folder")
     if reference.is_dir() != candidate.is_dir():
         raise UsageError("give two files or two folders, not one of each")
+    if set_metrics and not reference.is_dir():
+        raise UsageError(
+            "--set-metrics compares two sets of images: give two folders (FID and KID are not "
+            "defined for one pair)"
+        )
+    set_scorer = (
+        build_set_scorer(set_metrics, weights=weights, device=device) if set_metrics else None
+    )
     if suite is None:
         suite = build_suite(
             target=tgt, metrics=metrics, composite=composite, lpips_net=lpips_net,
@@ -189,7 +221,7 @@ def score(
         on_start(len(pairs))
     report = score_dirs(
         reference, candidate, suite, target=tgt, max_pixels=limit, animated=animated,
-        on_result=on_result, pairs=pairs,
+        on_result=on_result, pairs=pairs, set_scorer=set_scorer,
     )  # fmt: skip
     report.problems[:0] = problems
     return report
@@ -261,6 +293,8 @@ class TuneResult:
     default_jpeg_bytes: int
     outputs: list[dict[str, Any]] | None = None
     report_path: Path | None = None
+    #: FID/KID of the chosen recipe's outputs against the references, when asked for
+    set_metrics: dict[str, Any] | None = None
     skipped: list[ImageError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -319,6 +353,7 @@ def tune(
     device: str = "auto",
     compile: bool = False,
     report: PathLike | None = None,
+    set_metrics: str | Sequence[str] | None = None,
     follow_symlinks: bool = False,
     max_pixels: int | None = None,
     animated: AnimatedPolicy = "refuse",
@@ -389,8 +424,13 @@ def tune(
     preset_out, out, report:
         Where to write the preset (default ``studies/<name>.preset.json``), the encoded set
         (folder; sources untouched) and the HTML report (``"."``: ``studies/<name>.report.html``).
+    set_metrics:
+        ``"fid,kid"``: the chosen recipe's outputs against their references as two sets, in
+        `.set_metrics`, the study's user attributes and the report (its checkpoint is found
+        before the search starts).
     weights, device, compile:
-        LPIPS backbone weights folder, ``auto``/``cpu``/``cuda``, and torch.compile of kernels.
+        Weights folder (LPIPS, DISTS and FID checkpoints), ``auto``/``cpu``/``cuda``, and
+        torch.compile of kernels.
     follow_symlinks, max_pixels, animated:
         How the folder is read (links out of it, the decompression-bomb limit, animations).
     studies:
@@ -432,6 +472,9 @@ def tune(
     width_list = parse_widths(widths, boxed=max_width is not None or max_height is not None)
     bounds = parse_quality_ranges(quality_range, chosen)
     suite = build_suite(target=tgt, weights=weights, device=device, compile=compile)
+    set_scorer = (
+        build_set_scorer(set_metrics, weights=weights, device=device) if set_metrics else None
+    )
     sources, skipped = load_folder(
         folder, min_side=suite.min_side, follow_symlinks=follow_symlinks,
         max_pixels=_limit(max_pixels), animated=animated, on_skip=on_skip,
@@ -501,6 +544,8 @@ def tune(
         result.preset_path = result.preset.save(preset_out or studies / f"{name}.preset.json")
         if out is not None:
             result.outputs = _write_set(images, study.best.candidate, folder=folder, out=Path(out))
+        if set_scorer is not None:
+            result.set_metrics = _recipe_set_metrics(images, study, set_scorer)
     if report is not None:
         from .report import build_report, report_images, write_report
 
@@ -515,6 +560,19 @@ def tune(
             ),
         )
     return result
+
+
+def _recipe_set_metrics(images: ImageSet, study: StudyResult, scorer: SetScorer) -> dict:
+    """FID/KID of the chosen recipe's decoded outputs against the references (one image in
+    memory at a time), kept in the study's user attributes so `imgtune report` shows them."""
+    from .report import decoded_pairs
+
+    cand = study.best.candidate
+    for pair in decoded_pairs(images, cand):
+        scorer.add(pair["reference"], pair["output"])
+    found = {**scorer.result(), "method": scorer.describe(), "recipe": cand.as_dict()}
+    study.study.set_user_attr("set_metrics", found)
+    return found
 
 
 def _learn_from_study(images: ImageSet, target: Target, studies: Path | None) -> None:

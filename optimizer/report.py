@@ -12,6 +12,7 @@ import html
 import io
 import json
 import math
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,8 @@ def build_report(
         + f"; {len(study.trials)} trials; target <code>{html.escape(target)}</code>.</p>",
     ]
     parts.append(_summary(preset))
+    if study.user_attrs.get("set_metrics"):
+        parts.append(set_metrics_html(study.user_attrs["set_metrics"]))
     first = True
     for name, fig, problem in figs:
         parts.append(f"<h2>{html.escape(name)}</h2>")
@@ -252,28 +255,79 @@ def _summary(preset: dict[str, Any] | None) -> str:
     return f"<h2>Summary</h2><table>{body}</table><pre>{html.escape(json.dumps(p))}</pre>"
 
 
+#: what each set metric's number means, for tables
+SET_METRIC_MEANINGS = {
+    "fid": "Fréchet Inception distance of the two sets (0 = same feature distribution)",
+    "kid": "kernel Inception distance, unbiased MMD² (0 = same distribution; mean ± std)",
+}
+
+
+def set_metrics_lines(found: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, value, meaning) rows of a `SetScorer.result()`: FID and/or KID as measured."""
+    rows = []
+    if "fid" in found.get("method", {}) or found.get("fid") is not None:
+        value = "undefined" if found.get("fid") is None else f"{found['fid']:.4g}"
+        rows.append(("fid", value, SET_METRIC_MEANINGS["fid"]))
+    if "kid" in found.get("method", {}) or found.get("kid_mean") is not None:
+        if found.get("kid_mean") is None:
+            value = "undefined"
+        else:
+            value = f"{found['kid_mean']:.4g} ± {found['kid_std']:.2g}"
+        rows.append(("kid", value, SET_METRIC_MEANINGS["kid"]))
+    return rows
+
+
+def set_metrics_html(found: dict[str, Any]) -> str:
+    """The report's section on FID/KID of the chosen recipe (tune --set-metrics)."""
+    recipe = found.get("recipe")
+    head = f"<h2>Set metrics ({found.get('n', 0)} images)</h2>"
+    if recipe:
+        head += (
+            "<p>The outputs of the recipe <code>"
+            + html.escape(json.dumps(recipe))
+            + "</code> against their references, as two sets.</p>"
+        )
+    rows = "".join(
+        f"<tr><th>{html.escape(n)}</th><td>{html.escape(v)}</td><td>{html.escape(m)}</td></tr>"
+        for n, v, m in set_metrics_lines(found)
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in found.get("notes", []))
+    method = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+        for k, v in found.get("method", {}).items()
+    )
+    return (
+        head
+        + f"<table>{rows}</table>"
+        + (f"<ul>{notes}</ul>" if notes else "")
+        + (f"<details><summary>How</summary><ul>{method}</ul></details>" if method else "")
+    )
+
+
 def report_images(images, cand) -> list[dict[str, Any]]:
     """Per image of a `search.ImageSet`: the reference at output size and `cand`'s decoded
     output, for the report's crops."""
+    return list(decoded_pairs(images, cand))
+
+
+def decoded_pairs(images, cand) -> Iterator[dict[str, Any]]:
+    """Per image of a `search.ImageSet`, one at a time: {name, reference (at output size),
+    output (`cand`'s encode, decoded), caption}."""
     from .codecs import CODECS, decode
     from .transforms import reference
 
-    out = []
     for it in images.items:
         src = it.source
         ref = src.pixels if it.size == (src.width, src.height) else reference(src.pixels, it.size)
         _, data = images.render(it, cand)
         alpha = src.has_alpha and CODECS[cand.codec].supports_alpha
         channels = src.channels if alpha or not src.has_alpha else src.channels - 1
-        out.append(
-            {
-                "name": src.path.name,
-                "reference": ref[:, :, :channels] if channels < ref.shape[2] else ref,
-                "output": decode(data, channels=channels),
-                "caption": f"{cand.codec} q{cand.quality}, {len(data):,} bytes",
-            }
-        )
-    return out
+        yield {
+            "name": src.path.name,
+            "reference": ref[:, :, :channels] if channels < ref.shape[2] else ref,
+            "output": decode(data, channels=channels),
+            "caption": f"{cand.codec} q{cand.quality}, {len(data):,} bytes",
+        }
 
 
 def write_report(path: str | Path, text: str) -> Path:

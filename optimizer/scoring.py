@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .metrics.catalog import CompositeSpec
+    from .metrics.set_metrics import SetScorer
     from .metrics.suite import MetricSuite, Scores
 
 __all__ = ["PairResult", "Problem", "ScoreReport", "pair_files", "score_dirs", "score_pair"]
@@ -65,6 +66,8 @@ class ScoreReport:
     interrupted: bool = False
     target: Target | None = None
     composite: CompositeSpec | None = field(default=None, repr=False)
+    #: FID/KID of the scored pairs as two sets (`SetScorer.result()` plus `describe`), when asked
+    set_metrics: dict[str, Any] | None = None
 
     @property
     def counts(self) -> RunCounts:
@@ -115,8 +118,10 @@ def score_pair(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     animated: str = "refuse",
     name: str | None = None,
+    set_scorer: SetScorer | None = None,
 ) -> PairResult:
-    """Score one candidate file against its reference file (raises `ImageError`/`ValueError`)."""
+    """Score one candidate file against its reference file (raises `ImageError`/`ValueError`);
+    `set_scorer` also takes in the pair's Inception features for the set metrics."""
     ref = load(reference, max_pixels=max_pixels, min_side=suite.min_side, animated=animated)
     cand = load(candidate, max_pixels=max_pixels, min_side=suite.min_side, animated=animated)
     if (ref.width, ref.height) != (cand.width, cand.height):
@@ -125,6 +130,8 @@ def score_pair(
             f"{ref.width}x{ref.height}; scores need equal sizes"
         )
     scores = suite.score_pair(ref.pixels, cand.pixels)
+    if set_scorer is not None:
+        set_scorer.add(ref.pixels, cand.pixels)
     missed = tuple(str(c) for c in target.failures(scores.values)) if target else ()
     return PairResult(
         name or Path(candidate).name,
@@ -185,8 +192,11 @@ def score_dirs(
     on_result: Callable[[PairResult | Problem], None] | None = None,
     pairs: Iterable[tuple[str, Path, Path]] | None = None,
     follow_symlinks: bool = False,
+    set_scorer: SetScorer | None = None,
 ) -> ScoreReport:
-    """Score every pair of two folders; unpaired and unreadable files become `problems`."""
+    """Score every pair of two folders; unpaired and unreadable files become `problems`.
+    With `set_scorer`, the scored pairs' FID/KID (originals against candidates, as two sets)
+    are in `report.set_metrics`, for the pairs scored before an interruption too."""
     report = ScoreReport(target=target, composite=suite.composite)
     if pairs is None:
         pairs, report.problems = pair_files(reference, candidate, follow_symlinks=follow_symlinks)
@@ -197,8 +207,9 @@ def score_dirs(
         for key, ra, cb in pairs:
             try:
                 item: PairResult | Problem = score_pair(
-                    ra, cb, suite, target=target, max_pixels=max_pixels, animated=animated, name=key
-                )
+                    ra, cb, suite, target=target, max_pixels=max_pixels, animated=animated,
+                    name=key, set_scorer=set_scorer,
+                )  # fmt: skip
                 report.results.append(item)
             except (ImageError, ValueError) as exc:
                 item = Problem(getattr(exc, "path", cb), str(exc))
@@ -207,4 +218,6 @@ def score_dirs(
                 on_result(item)
     except KeyboardInterrupt:
         report.interrupted = True
+    if set_scorer is not None:
+        report.set_metrics = {**set_scorer.result(), "method": set_scorer.describe()}
     return report

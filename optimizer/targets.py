@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .metrics.catalog import DEFAULT_COMPOSITE_WEIGHTS, METRICS, OUTPUTS
+from .metrics.catalog import DEFAULT_COMPOSITE_METRICS, METRICS, OUTPUTS
 
 __all__ = [
     "LOSSLESS",
@@ -115,7 +115,7 @@ class Target:
             metric = OUTPUTS[o].metric
             if metric == "composite":
                 if chosen is None:
-                    names += list(DEFAULT_COMPOSITE_WEIGHTS)
+                    names += list(DEFAULT_COMPOSITE_METRICS)
             elif metric not in names:
                 names.append(metric)
         names = list(dict.fromkeys(names))

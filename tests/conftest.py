@@ -96,6 +96,27 @@ def random_weights_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def all_weights_dir(tmp_path_factory, random_weights_dir) -> Path:
+    """A `--weights` folder with every network imgtune can use, *randomly initialised*, under
+    the real file names: AlexNet (LPIPS), VGG16 (DISTS) and pytorch-fid's Inception (FID/KID)."""
+    import shutil
+
+    from ._random_weights import (
+        random_fid_state,
+        random_vgg16_features,
+        save_fid_inception,
+        save_vgg16,
+    )
+
+    d = tmp_path_factory.mktemp("all_weights")
+    for f in random_weights_dir.iterdir():
+        shutil.copy(f, d / f.name)
+    save_vgg16(d, random_vgg16_features())
+    save_fid_inception(d, random_fid_state())
+    return d
+
+
 def adobe_rgb_like_icc() -> bytes:
     """A minimal ICC v2 matrix/TRC RGB profile (Adobe RGB 1998 primaries, D50, gamma 2.2).
 

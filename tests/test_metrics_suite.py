@@ -58,8 +58,12 @@ def test_custom_weights_and_errors():
         CompositeSpec.parse("foo=1")
     with pytest.raises(ValueError, match="NAME=NUMBER"):
         CompositeSpec.parse("ssim")
+    # An explicit composite is computed: its metrics join the ones asked for ...
+    built = MetricSuite.build(["ssim"], device="cpu", composite_weights="psnr=1")
+    assert [m.name for m in built.metrics] == ["ssim", "psnr"]
+    # ... while a suite given its metrics refuses a composite they cannot make.
     with pytest.raises(ValueError, match="which no enabled metric gives"):
-        MetricSuite.build(["ssim"], device="cpu", composite_weights="psnr=1")
+        MetricSuite(built.metrics[:1], composite=CompositeSpec.parse("psnr=1"), device="cpu")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
 from ..errors import ImgtuneError
 
@@ -27,7 +28,9 @@ __all__ = [
     "CompileOpt",
     "DeviceOpt",
     "MaxPixelsOpt",
+    "SetMetricsOpt",
     "WeightsOpt",
+    "print_set_metrics",
     "command",
     "err",
     "fmt",
@@ -94,9 +97,9 @@ MetricsOpt = Annotated[
     typer.Option(
         "--metrics",
         "-m",
-        help="Comma-separated metrics: lpips, ssim, ms_ssim, psnr, ssimulacra2. LPIPS needs the "
-        "AlexNet backbone weights (downloaded once into the torch cache, or --weights DIR); "
-        "'ssim,ms_ssim,psnr,ssimulacra2' needs none.",
+        help="Comma-separated metrics: lpips, dists, ssim, ms_ssim, psnr, ssimulacra2. LPIPS "
+        "needs the AlexNet backbone weights and DISTS the VGG16 ones (downloaded once into the "
+        "torch cache, or --weights DIR); 'ssim,ms_ssim,psnr,ssimulacra2' needs none.",
     ),
 ]
 WeightsOpt = Annotated[
@@ -104,8 +107,18 @@ WeightsOpt = Annotated[
     typer.Option(
         "--weights",
         envvar="IMGTUNE_WEIGHTS",
-        help="Folder holding torchvision's backbone checkpoint for LPIPS (e.g. "
-        "alexnet-owt-7be5be79.pth); nothing is downloaded when given.",
+        help="Folder holding the networks' checkpoints: alexnet-owt-7be5be79.pth (LPIPS), "
+        "vgg16-397923af.pth (DISTS), pt_inception-2015-12-05-6726825d.pth (FID/KID); "
+        "nothing is downloaded when given.",
+    ),
+]
+SetMetricsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--set-metrics",
+        help="Set-level metrics of the originals against the outputs as two sets: fid, kid or "
+        "'fid,kid' (pytorch-fid's Inception weights, found like LPIPS's). KID is unbiased at "
+        "any set size; FID needs more than 2048 images to be comparable across sizes.",
     ),
 ]
 DeviceOpt = Annotated[
@@ -165,3 +178,17 @@ QualityOpt = Annotated[
 ]
 MaxWidthOpt = Annotated[int | None, typer.Option(help="Fit outputs inside this width.")]
 MaxHeightOpt = Annotated[int | None, typer.Option(help="Fit outputs inside this height.")]
+
+
+def print_set_metrics(found: dict) -> None:
+    """The FID/KID table and its notes (what a set of this size can and cannot say)."""
+    from ..report import set_metrics_lines
+
+    table = Table(title=f"set metrics, {found.get('n', 0)} pairs", title_justify="left")
+    for col in ("metric", "value", "meaning"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for row in set_metrics_lines(found):
+        table.add_row(*row)
+    out.print(table)
+    for note in found.get("notes", []):
+        out.print(f"[cyan]note:[/cyan] {note}")

@@ -17,11 +17,13 @@ from .common import (
     FollowSymlinksOpt,
     MaxPixelsOpt,
     MetricsOpt,
+    SetMetricsOpt,
     WeightsOpt,
     err,
     fmt,
     json_line,
     out,
+    print_set_metrics,
     progress_bar,
     warn,
 )
@@ -40,8 +42,10 @@ def score(
     composite: Annotated[
         str | None,
         typer.Option(
-            help="Composite weights, e.g. 'lpips=0.3,ssim=0.3,psnr=0.1' (the default, renormalised "
-            "over the enabled metrics)."
+            help="Composite weights, e.g. 'lpips=0.3,ssim=0.3,psnr=0.1' (the default, with "
+            "dists=0.2 when DISTS is enabled, renormalised over the enabled metrics), or "
+            "'documents': the design documents' LPIPS 0.3, SSIM 0.3, DISTS 0.2, PSNR 0.1 (their "
+            "FID 0.1 is a set metric, renormalised away per image), all computed."
         ),
     ] = None,
     target: Annotated[
@@ -51,6 +55,7 @@ def score(
         ),
     ] = None,
     lpips_net: Annotated[str, typer.Option(help="LPIPS backbone: alex, squeeze or vgg.")] = "alex",
+    set_metrics: SetMetricsOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     compile: CompileOpt = False,
@@ -93,7 +98,7 @@ def score(
             reference, candidate, metrics=metrics, composite=composite, target=target,
             lpips_net=lpips_net, weights=weights, device=device, compile=compile,
             max_pixels=max_pixels, animated=animated, follow_symlinks=follow_symlinks,
-            on_start=on_start, on_result=on_result,
+            set_metrics=set_metrics, on_start=on_start, on_result=on_result,
         )  # fmt: skip
     if isinstance(result, ScoreReport):
         _print_report(result, as_json=as_json, csv=csv)
@@ -165,6 +170,7 @@ def _print_report(report, *, as_json: bool, csv: Path | None) -> None:
                 "levels": report.level_counts(),
                 "metrics": [] if summary is None else summary.to_dict("records"),
                 "composite_weights": report.composite.as_dict(),
+                **({"set_metrics": report.set_metrics} if report.set_metrics else {}),
             }
         )
     elif summary is not None:
@@ -180,6 +186,8 @@ def _print_report(report, *, as_json: bool, csv: Path | None) -> None:
         levels = report.level_counts()
         out.print("quality levels: " + ", ".join(f"{k} {v}" for k, v in levels.items()))
         out.print(f"composite = {report.composite.describe()}")
+        if report.set_metrics:
+            print_set_metrics(report.set_metrics)
         if report.target:
             out.print(f"target {report.target}: {counts.done} met, {counts.missed} missed")
         if csv:

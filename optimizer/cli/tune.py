@@ -20,12 +20,14 @@ from .common import (
     MaxPixelsOpt,
     MaxWidthOpt,
     QualityOpt,
+    SetMetricsOpt,
     TargetOpt,
     WeightsOpt,
     err,
     fmt,
     json_line,
     out,
+    print_set_metrics,
     progress_bar,
     warn,
 )
@@ -160,6 +162,7 @@ def tune(
             "(studies/<name>.report.html if given as '.')."
         ),
     ] = None,
+    set_metrics: SetMetricsOpt = None,
     follow_symlinks: FollowSymlinksOpt = False,
     max_pixels: MaxPixelsOpt = None,
     animated: AnimatedOpt = "refuse",
@@ -210,7 +213,8 @@ def tune(
             heartbeat=heartbeat, sharpen=not no_sharpen,
             background=background, storage=storage, study_name=study_name,
             new_study=new_study, preset_out=preset_out, out=out_dir, weights=weights,
-            device=device, compile=compile, report=report, follow_symlinks=follow_symlinks,
+            device=device, compile=compile, report=report, set_metrics=set_metrics,
+            follow_symlinks=follow_symlinks,
             max_pixels=max_pixels, animated=animated, learn=learn, on_trial=on_trial,
             on_progress=on_progress,
             on_skip=lambda e: warn("skipped", str(e)), on_note=lambda n: warn("note", n, "cyan"),
@@ -268,6 +272,7 @@ def _summary(r: api.TuneResult) -> dict:
         "strategy": r.strategy,
         "outputs": r.outputs,
         "interrupted": r.interrupted,
+        **({"set_metrics": r.set_metrics} if r.set_metrics else {}),
     }
 
 
@@ -351,6 +356,8 @@ def _print_summary(s: dict, n: int) -> None:
             + (f" ({kept} kept as the source, smaller than any encode)" if kept else ""),
         )
     out.print(table)
+    if s.get("set_metrics"):
+        print_set_metrics(s["set_metrics"])
 
 
 def report(

@@ -1,5 +1,5 @@
-"""Full-reference image quality metrics in torch: LPIPS, SSIM, MS-SSIM, PSNR,
-SSIMULACRA2 and a composite.
+"""Full-reference image quality metrics in torch: LPIPS, DISTS, SSIM, MS-SSIM, PSNR,
+SSIMULACRA2 and a composite; FID and KID for sets (`set_metrics`).
 
 All take float tensors in [0, 1], NCHW, on one device. Heavy modules (torch) load on first use,
 so that `from optimizer.metrics import OUTPUTS` stays cheap.
@@ -12,9 +12,11 @@ from typing import Any
 
 from .catalog import (
     COMPOSITE_LEVELS,
+    DEFAULT_COMPOSITE_METRICS,
     DEFAULT_COMPOSITE_WEIGHTS,
     DEFAULT_METRICS,
     METRICS,
+    NAMED_COMPOSITES,
     OUTPUTS,
     CompositeSpec,
     MetricOutput,
@@ -35,8 +37,13 @@ _LAZY = {
     "SSIMULACRA2": ".ssimulacra2",
     "ssimulacra2": ".ssimulacra2",
     "LPIPS": ".lpips_metric",
-    "WeightsMissingError": ".lpips_metric",
+    "WeightsMissingError": ".weights",
+    "DISTS": ".dists_metric",
+    "load_dists_network": ".dists_metric",
     "load_lpips_network": ".lpips_metric",
+    "SET_METRICS": ".set_metrics",
+    "SetScorer": ".set_metrics",
+    "parse_set_metrics": ".set_metrics",
     "MetricSuite": ".suite",
     "Scores": ".suite",
     "build_metric": ".suite",
@@ -44,9 +51,11 @@ _LAZY = {
 
 __all__ = [
     "COMPOSITE_LEVELS",
+    "DEFAULT_COMPOSITE_METRICS",
     "DEFAULT_COMPOSITE_WEIGHTS",
     "DEFAULT_METRICS",
     "METRICS",
+    "NAMED_COMPOSITES",
     "OUTPUTS",
     "CompositeSpec",
     "MetricOutput",

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ImgtuneError
 from ._base import Metric, percentile
 from .catalog import OUTPUTS
+from .weights import WEIGHT_FREE, WeightsMissingError, find_checkpoint, load_state, match_state
 
 __all__ = [
     "BACKBONES",
@@ -40,11 +40,6 @@ BACKBONES = {
     "squeeze": ("SqueezeNet1_1_Weights", 17),
     "vgg": ("VGG16_Weights", 16),
 }
-WEIGHT_FREE = "ssim,ms_ssim,psnr,ssimulacra2"
-
-
-class WeightsMissingError(ImgtuneError, RuntimeError):
-    """The LPIPS backbone checkpoint is neither on disk nor downloadable."""
 
 
 def backbone_weights_file(net: str) -> tuple[str, str]:
@@ -57,10 +52,6 @@ def backbone_weights_file(net: str) -> tuple[str, str]:
     return url.rsplit("/", 1)[-1], url
 
 
-def _hub_checkpoints() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def find_backbone_weights(
     net: str = "alex", weights_dir: str | Path | None = None, *, allow_download: bool = True
 ) -> Path:
@@ -69,38 +60,14 @@ def find_backbone_weights(
     With `weights_dir` only that folder is looked in (an offline machine's explicit choice).
     """
     name, url = backbone_weights_file(net)
-    if weights_dir is not None:
-        path = Path(weights_dir) / name
-        if path.is_file():
-            return path
-        raise WeightsMissingError(
-            f"LPIPS ({net}) needs torchvision's backbone weights '{name}', which are not in "
-            f"{weights_dir}. Download {url} on a machine with network access and put it there, "
-            f"or leave LPIPS out with --metrics {WEIGHT_FREE} (weight-free metrics)."
-        )
-    cached = _hub_checkpoints() / name
-    if cached.is_file():
-        return cached
-    problem = "downloads are disabled"
-    if allow_download:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(cached), hash_prefix=_hash_prefix(name))
-            return cached
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available", said below
-            problem = f"the download failed: {type(exc).__name__}: {exc}"
-    raise WeightsMissingError(
-        f"LPIPS ({net}) needs torchvision's backbone weights '{name}': not in the torch cache "
-        f"({cached.parent}) and {problem}. Put the file from {url} in that folder or in a folder "
-        f"given with --weights DIR / IMGTUNE_WEIGHTS, or leave LPIPS out with --metrics "
-        f"{WEIGHT_FREE} (weight-free metrics)."
+    return find_checkpoint(
+        name,
+        url,
+        needs=f"LPIPS ({net}) needs torchvision's backbone weights",
+        instead=f"leave LPIPS out with --metrics {WEIGHT_FREE} (weight-free metrics)",
+        weights_dir=weights_dir,
+        allow_download=allow_download,
     )
-
-
-def _hash_prefix(name: str) -> str | None:
-    # torchvision names checkpoints '<model>-<sha256 prefix>.pth'; torch.hub checks that prefix.
-    m = re.search(r"-([a-f0-9]{6,})\.", name)
-    return m.group(1) if m else None
 
 
 def load_lpips_network(
@@ -111,13 +78,7 @@ def load_lpips_network(
     Raises `WeightsMissingError` before building anything when the checkpoint cannot be found.
     """
     path = find_backbone_weights(net, weights_dir, allow_download=allow_download)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a corrupt file is reported with its name
-        raise WeightsMissingError(
-            f"LPIPS backbone weights {path} could not be read: {exc}"
-        ) from exc
-    return _build(net, state, path)
+    return _build(net, load_state(path, "LPIPS backbone weights"), path)
 
 
 def _build(net: str, backbone_state: dict[str, torch.Tensor], source: Path | str):
@@ -128,20 +89,13 @@ def _build(net: str, backbone_state: dict[str, torch.Tensor], source: Path | str
         # overwritten from `backbone_state` below, and a missing one is an error.
         warnings.simplefilter("ignore")
         module = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
-    own = module.net.state_dict()
-    mapped = {}
-    for key in own:
-        tv_key = re.sub(r"^slice\d+\.", "features.", key)
-        if tv_key not in backbone_state:
-            raise WeightsMissingError(
-                f"{source} is not torchvision's {net} checkpoint: it lacks '{tv_key}'"
-            )
-        if backbone_state[tv_key].shape != own[key].shape:
-            raise WeightsMissingError(
-                f"{source}: '{tv_key}' has shape {tuple(backbone_state[tv_key].shape)}, "
-                f"expected {tuple(own[key].shape)}"
-            )
-        mapped[key] = backbone_state[tv_key]
+    mapped = match_state(
+        module.net.state_dict(),
+        backbone_state,
+        source,
+        f"torchvision's {net} checkpoint",
+        key=lambda k: re.sub(r"^slice\d+\.", "features.", k),
+    )
     module.net.load_state_dict(mapped, strict=True)
     module.eval()
     for p in module.parameters():

@@ -103,6 +103,10 @@ def build_metric(
         from .lpips_metric import LPIPS
 
         return LPIPS(device, net=lpips_net, weights_dir=weights_dir, allow_download=allow_download)
+    if name == "dists":
+        from .dists_metric import DISTS
+
+        return DISTS(device, weights_dir=weights_dir, allow_download=allow_download)
     raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
 
 
@@ -165,11 +169,21 @@ class MetricSuite:
         allow_download: bool = True,
         compile: bool = False,
     ) -> MetricSuite:
-        """Build from metric names (LPIPS weights are located first, before any work)."""
+        """Build from metric names (LPIPS and DISTS weights are located first, before any work).
+
+        An explicit composite (weights or a name such as ``documents``) adds the metrics its
+        components need to `names`."""
         names = list(dict.fromkeys(names))
         for n in names:
             if n not in METRICS:
                 raise ValueError(f"unknown metric {n!r}; known: {', '.join(METRICS)}")
+        spec = None
+        if isinstance(composite_weights, str):
+            spec = CompositeSpec.parse(composite_weights)
+        elif composite_weights is not None:
+            spec = CompositeSpec.from_mapping(composite_weights)
+        if spec is not None:
+            names += [n for n in spec.metrics() if n not in names]
         dev = resolve_device(device)
         metrics = [
             build_metric(
@@ -182,13 +196,8 @@ class MetricSuite:
             )
             for n in names
         ]
-        provided = [o.name for m in metrics for o in m.outputs]
-        if composite_weights is None:
-            spec = CompositeSpec.default(provided)
-        elif isinstance(composite_weights, str):
-            spec = CompositeSpec.parse(composite_weights)
-        else:
-            spec = CompositeSpec.from_mapping(composite_weights)
+        if spec is None:
+            spec = CompositeSpec.default([o.name for m in metrics for o in m.outputs])
         return cls(metrics, composite=spec, device=dev)
 
     @property
