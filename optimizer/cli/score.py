@@ -123,7 +123,10 @@ def _print_pair(result, as_json: bool, csv: Path | None) -> None:
             if name != "composite":
                 table.add_row(name, fmt(result.scores[name]), OUTPUTS[name].description)
         table.add_row(
-            "composite", fmt(result.scores.composite), result.composite.describe(), style="bold"
+            "composite",
+            fmt(result.scores.composite),
+            OUTPUTS["composite"].description + ": formula below",
+            style="bold",
         )
         table.add_row(
             "level",
@@ -138,6 +141,7 @@ def _print_pair(result, as_json: bool, csv: Path | None) -> None:
                 "excellent<0.1 good<0.2 acceptable<0.4",
             )
         out.print(table)
+        out.print(f"composite = {result.composite.describe()}")
         if result.target:
             verdict = (
                 "[green]meets[/green]"
