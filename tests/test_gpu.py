@@ -63,6 +63,27 @@ def test_cuda_lpips_matches_cpu(random_weights_dir):
     assert got["cuda"] == pytest.approx(got["cpu"], abs=1e-4)
 
 
+def test_cuda_dists_and_fid_features_match_cpu(all_weights_dir):
+    """DISTS and the FID Inception on CUDA (TF32 convolutions allowed by default: compared
+    relatively) against the CPU."""
+    from optimizer.metrics import MetricSuite
+    from optimizer.metrics.set_metrics import InceptionFeatures
+
+    ref = read_rgb(SAMPLES / "coffee.png")
+    cands = _candidates(ref)
+    got = {}
+    for device in ("cpu", "cuda"):
+        suite = MetricSuite.build(["dists"], device=device, weights_dir=all_weights_dir)
+        got[device] = [s["dists"] for s in suite.score(suite.prepare(ref), cands)]
+    assert got["cuda"] == pytest.approx(got["cpu"], rel=1e-2)
+    feats = {
+        d: InceptionFeatures(d, weights_dir=all_weights_dir).features([ref, *cands]).numpy()
+        for d in ("cpu", "cuda")
+    }
+    scale = np.abs(feats["cpu"]).max()
+    assert np.abs(feats["cuda"] - feats["cpu"]).max() < 1e-2 * scale
+
+
 def test_identical_images_score_as_identical_on_cuda():
     from optimizer.metrics import MetricSuite
 
