@@ -118,6 +118,43 @@ def bench_dists(wdir: Path, n: int, tiled: bool) -> dict:
     return out
 
 
+# VmHWM (the high-water mark of this process's own memory map): ru_maxrss would carry over
+# the parent's peak through fork + exec on Linux.
+_PEAK = """
+import sys, torch
+from optimizer.metrics.dists_metric import DISTS
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+h, w = int(sys.argv[1]), int(sys.argv[2])
+m = DISTS("cpu", weights_dir=sys.argv[3])
+y, x = torch.rand(1, 3, h, w), torch.rand(1, 3, h, w)
+base = hwm()
+with torch.inference_mode():
+    m.score(x, m.prepare(y))
+print(hwm() - base)
+"""
+
+
+def dists_peaks(wdir: Path) -> list[tuple[int, int, float]]:
+    """Peak memory growth (max RSS, in a fresh process each) of preparing a reference and
+    scoring one candidate with DISTS, whole-image and tiled."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    rows = []
+    for h, w in ((512, 768), (1024, 1536), (2048, 2048)):
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK, str(h), str(w), str(wdir)],
+            capture_output=True, text=True, check=True, cwd=root,
+        )  # fmt: skip
+        rows.append((w, h, float(done.stdout.split()[-1])))
+    return rows
+
+
 def bench_fid(wdir: Path, n_images: int) -> dict:
     from pytorch_fid.fid_score import calculate_frechet_distance
 
@@ -179,10 +216,12 @@ def write(d: dict, f: dict, command: str, note: str) -> None:
         f"{d['max_diff']:.1e} |",
         "",
         "DISTS runs a VGG16 at full resolution: about 240 GFLOP for a 768x512 image, near these "
-        "cores' convolution peak (50 GFLOP/s measured for one 64-channel 3x3 layer), so caching "
-        "the reference's features is the one large saving; NCHW beat channels-last for VGG16 "
-        "here (5.4 s against 7.0 s a forward), unlike AlexNet. It is an opt-in metric for that "
-        "reason (`--metrics ...,dists`, a `dists` target or `--composite documents`).",
+        "cores' convolution peak (50 GFLOP/s for one 64-channel 3x3 layer, timed by hand, not "
+        "by this script), so caching the reference's features is the one large saving; NCHW "
+        "beat channels-last for VGG16 here (5.4 s against 7.0 s a forward, also by hand), "
+        "unlike AlexNet. Timings on this shared machine vary by about a third between runs. It "
+        "is opt-in for its cost (`--metrics ...,dists`, a `dists` target or `--composite "
+        "documents`).",
     ]
     if "whole" in d:
         lines += [
@@ -198,6 +237,22 @@ def write(d: dict, f: dict, command: str, note: str) -> None:
             f"(relative difference {abs(d['tiled'] - d['whole']) / abs(d['whole']):.1e}); "
             "the tiled run recomputes the reference per tile (its features are not kept: 64 "
             "channels at full resolution would be 12 GB at 45 MP).",
+        ]
+    if d.get("peaks"):
+        lines += [
+            "",
+            "| DISTS peak memory (prepare + one candidate, growth of peak memory) | MB | "
+            "bytes/pixel |",
+            "| --- | ---: | ---: |",
+            *(
+                f"| {w}x{h} ({'tiled' if max(w, h) > 1280 else 'whole image'}) | "
+                f"{peak / 2**20:.0f} | {peak / (w * h):.0f} |"
+                for w, h, peak in d["peaks"]
+            ),
+            "",
+            "Folder jobs count DISTS as 1.7 KB a pixel in `--memory` "
+            "(`Metric.working_set_per_pixel`); tiled images stay near the tile's fixed working "
+            "set, so that overstates them.",
         ]
     lines += [
         "",
@@ -229,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     wdir, note = _weights(args.weights)
     d = bench_dists(wdir, args.candidates, not args.no_tiled)
+    d["peaks"] = dists_peaks(wdir)
+    print("DISTS peak: " + ", ".join(f"{w}x{h} {p / 2**20:.0f} MB" for w, h, p in d["peaks"]))
     print(
         f"DISTS 768x512: reference {d['ref_s']:.2f} s/pair, imgtune {d['ours_s']:.2f} s/pair, "
         f"max difference {d['max_diff']:.1e}"

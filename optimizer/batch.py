@@ -202,6 +202,7 @@ def _run(run, listed, suite, jobs, memory, cluster, add, on_result) -> RunSummar
             on_result(o)
 
     if cluster is None:
+        per_pixel = WORKING_SET_PER_PIXEL + suite.working_set_per_pixel
         with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="imgtune") as pool:
 
             def submit(path, job_, prediction, name, stem, *, pixels=0):
@@ -214,7 +215,7 @@ def _run(run, listed, suite, jobs, memory, cluster, add, on_result) -> RunSummar
                 return _drive(
                     run, listed, submit=submit, window=lambda: 2 * max(1, jobs),
                     on_result=emitted,
-                    budget_pixels=None if memory is None else memory / WORKING_SET_PER_PIXEL,
+                    budget_pixels=None if memory is None else memory / per_pixel,
                 )  # fmt: skip
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -62,9 +62,10 @@ from .assets import FORMAT_OF, MIME
 from .codecs import CODECS
 from .errors import ImgtuneError
 from .images import ImageError, shown_size
-from .metrics.lpips_metric import WeightsMissingError
+from .metrics.weights import WeightsMissingError
 from .monitor import LEVELS
 from .service_jobs import JobError
+from .targets import parse_target
 
 #: multipart fields (FastAPI reads these annotations at run time: they must be module-level)
 Upload = Annotated[UploadFile, File()]
@@ -419,9 +420,14 @@ def create_app(settings: Settings | None = None):
 
             def work() -> dict:
                 try:
+                    # The suite of these metrics is built once per process (LPIPS's and
+                    # DISTS's networks are not read from disk per request).
+                    chosen = [m.strip() for m in (metrics or api.DEFAULT_METRICS).split(",")]
+                    chosen = [m for m in chosen if m]
+                    names = parse_target(target).needed_metrics(chosen) if target else chosen
                     r = api.score(
-                        ref, cand, metrics=metrics or api.DEFAULT_METRICS, target=target,
-                        device=s.device, max_pixels=s.max_pixels,
+                        ref, cand, target=target, suite=suite_for(tuple(names)),
+                        max_pixels=s.max_pixels,
                     )  # fmt: skip
                 except ImageError as exc:  # which of the two it is, by our name for it
                     which = reference if str(exc).startswith(str(ref)) else candidate

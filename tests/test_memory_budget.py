@@ -19,13 +19,16 @@ from optimizer.targets import parse_target
 from .conftest import SAMPLES
 
 
-def test_in_flight_pixels_stay_inside_the_budget_and_a_big_image_runs_alone(tmp_path, monkeypatch):
+def _folder(tmp_path, sizes):
     src = tmp_path / "src"
     src.mkdir()
     photo = Image.open(SAMPLES / "chelsea.png").convert("RGB")
-    sizes = [64] * 6 + [160] + [64] * 5  # 4,096 px each, and one of 25,600 px
     for i, side in enumerate(sizes):
         photo.resize((side, side)).save(src / f"{i:02d}.png")
+    return src
+
+
+def _counting(monkeypatch):
     lock = threading.Lock()
     state = {"now": 0, "peak": 0, "alone": None, "running": 0}
     real = batch.optimize_image
@@ -49,6 +52,13 @@ def test_in_flight_pixels_stay_inside_the_budget_and_a_big_image_runs_alone(tmp_
                 state["running"] -= 1
 
     monkeypatch.setattr(batch, "optimize_image", counted)
+    return state
+
+
+def test_in_flight_pixels_stay_inside_the_budget_and_a_big_image_runs_alone(tmp_path, monkeypatch):
+    sizes = [64] * 6 + [160] + [64] * 5  # 4,096 px each, and one of 25,600 px
+    src = _folder(tmp_path, sizes)
+    state = _counting(monkeypatch)
     suite = MetricSuite.build(["psnr"], device="cpu")
     job = Job.apply(Candidate.make("webp", 80), parse_target("psnr>=10"))
     budget = 2 * 4096 * WORKING_SET_PER_PIXEL  # two small images at a time
@@ -61,6 +71,28 @@ def test_in_flight_pixels_stay_inside_the_budget_and_a_big_image_runs_alone(tmp_
     state.update(now=0, peak=0, small_peak=0)
     run_folder(src, tmp_path / "out2", job, suite=suite, jobs=4)
     assert state["small_peak"] > 2 * 4096
+
+
+def test_a_metric_with_large_feature_maps_counts_in_the_budget(tmp_path, monkeypatch):
+    """DISTS declares 1.7 KB a pixel (VGG16's maps); a metric that doubles the working set
+    halves what the same budget admits."""
+    from optimizer.metrics.dists_metric import DISTS
+    from optimizer.metrics.psnr import PSNR
+
+    assert DISTS.working_set_per_pixel > 10 * WORKING_SET_PER_PIXEL
+
+    class Heavy(PSNR):
+        working_set_per_pixel = WORKING_SET_PER_PIXEL
+
+    src = _folder(tmp_path, [64] * 6)
+    state = _counting(monkeypatch)
+    suite = MetricSuite([Heavy("cpu")], device="cpu")
+    assert suite.working_set_per_pixel == WORKING_SET_PER_PIXEL
+    job = Job.apply(Candidate.make("webp", 80), parse_target("psnr>=10"))
+    budget = 2 * 4096 * WORKING_SET_PER_PIXEL  # two light images, or one heavy one
+    summary = run_folder(src, tmp_path / "out", job, suite=suite, jobs=4, memory=budget)
+    assert summary.counts["written"] == 6
+    assert state["small_peak"] == 4096
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,9 @@ class Metric(ABC):
     min_side: int = 1
     #: bumped when a change alters the numbers; part of every cache key
     version: str = "1"
+    #: peak bytes per pixel this metric adds to a folder job's working set beyond the shared
+    #: estimate (`batch.WORKING_SET_PER_PIXEL`): the large networks' feature maps (measured)
+    working_set_per_pixel: int = 0
     #: sRGB backgrounds alpha is composited over before scoring (the lower score counts);
     #: None: the suite's default, black and white
     alpha_backgrounds: tuple[tuple[float, float, float], ...] | None = None

@@ -204,6 +204,11 @@ class MetricSuite:
     def min_side(self) -> int:
         return max(m.min_side for m in self.metrics)
 
+    @property
+    def working_set_per_pixel(self) -> int:
+        """Bytes per pixel the metrics add to an image's working set (DISTS's feature maps)."""
+        return sum(m.working_set_per_pixel for m in self.metrics)
+
     def describe(self) -> dict[str, Any]:
         """What produced these numbers: recorded in reports, studies and presets."""
         return {
