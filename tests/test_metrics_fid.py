@@ -375,6 +375,49 @@ def test_parse_set_metrics():
         parse_set_metrics(" , ")
 
 
+def test_paired_kid_is_zero_for_a_set_against_itself_where_the_independent_form_is_not():
+    """An output is made from its original: the pairs are not independent. torchmetrics' cross
+    term counts k(x_i, y_i), which makes a set against itself score below 0; the paired
+    U-statistic leaves those terms out."""
+    a, b = _gaussians(n=12, d=16)
+    assert poly_mmd2(a, a, paired=True) == pytest.approx(0.0, abs=1e-9)
+    assert float(poly_mmd(torch.from_numpy(a), torch.from_numpy(a))) < -0.1
+    # The U-statistic written out: the mean over i != j of h(z_i, z_j).
+    g = 1.0 / a.shape[1]
+
+    def k(u, v):
+        return (u @ v * g + 1) ** 3
+
+    m = len(a)
+    h = [
+        k(a[i], a[j]) + k(b[i], b[j]) - k(a[i], b[j]) - k(a[j], b[i])
+        for i in range(m)
+        for j in range(m)
+        if i != j
+    ]
+    assert poly_mmd2(a, b, paired=True) == pytest.approx(np.mean(h), rel=1e-12)
+    # kid(paired=True) draws the same rows of both sets in each subset.
+    r = kid(a, b, subsets=4, subset_size=5, seed=3, paired=True)
+    for value, (i, _) in zip(r.values, kid_subset_indices(12, 12, 5, 4, seed=3), strict=True):
+        assert value == pytest.approx(poly_mmd2(a[i], b[i], paired=True), rel=1e-12)
+    with pytest.raises(ValueError, match="one size"):
+        kid(a, b[:5], paired=True)
+
+
+def test_the_kid_sample_keeps_pairs_together():
+    """Beyond its capacity the reservoir drops pairs whole: every kept output row is still the
+    one made from the kept original beside it."""
+    stats = SetStats(("kid",), kid_capacity=20, kid_subset_size=10, kid_subsets=3)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        ref = rng.normal(size=(13, 8))
+        stats.add_features(ref, ref + 1.0)
+    ref, cand = stats.kid_rows()
+    assert len(ref) == 20 and stats.n == 65
+    np.testing.assert_allclose(cand - ref, 1.0)
+    assert any("uniform sample of 20 of the 65 pairs" in n for n in stats.result()["notes"])
+
+
 def test_set_stats_notes_for_small_sets():
     a, b = _gaussians(n=40, d=16)
     one = SetStats()
@@ -387,7 +430,7 @@ def test_set_stats_notes_for_small_sets():
     small.add_features(a[:10], b[:10])
     r = small.result()
     assert r["fid"] == pytest.approx(fid(FIDStats().add(a[:10]), FIDStats().add(b[:10])))
-    assert r["kid_mean"] == pytest.approx(poly_mmd2(a[:10], b[:10]))
+    assert r["kid_mean"] == pytest.approx(poly_mmd2(a[:10], b[:10], paired=True))
     assert r["kid_subset_size"] == 10 and r["kid_subsets"] == 5
     text = " ".join(r["notes"])
     assert "FID from 10 images: the 16-dimension covariance needs more than 16" in text
@@ -415,12 +458,13 @@ def test_set_scorer_end_to_end(weights_dir):
     )
     scorer.add(a, a)
     scorer.add_batch([b], [c])
-    ref, cand = scorer.stats.kid_ref.rows, scorer.stats.kid_cand.rows
+    ref, cand = scorer.stats.kid_rows()
     assert ref.shape == cand.shape == (2, FEATURE_DIM)
     assert np.array_equal(ref[0], cand[0]) and not np.array_equal(ref[1], cand[1])
     r = scorer.result()
     assert r["n"] == 2 and r["fid"] is None and r["kid_subset_size"] == 2
-    assert r["kid_mean"] == pytest.approx(poly_mmd2(ref, cand)) and r["kid_std"] == 0.0
+    assert r["kid_mean"] == pytest.approx(poly_mmd2(ref, cand, paired=True))
+    assert r["kid_std"] == 0.0
     assert any("FID" not in n and "fewer than the 1000" in n for n in r["notes"])
     d = scorer.describe()
     assert FID_WEIGHTS_FILE in d["features"] and "(x·y/2048 + 1)^3" in d["kid"]

@@ -504,12 +504,25 @@ class KIDSample:
 
 
 def poly_mmd2(
-    x: np.ndarray, y: np.ndarray, *, degree: int = 3, gamma: float | None = None, coef: float = 1.0
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    paired: bool = False,
 ) -> float:
     """Unbiased MMD^2 of two (m, d) samples under k(a, b) = (gamma a.b + coef)^degree.
 
-    As torchmetrics' `poly_mmd`: the within-set kernel sums leave out the diagonal (divided by
-    m (m - 1)), the cross term does not (divided by m^2). gamma defaults to 1 / d.
+    As torchmetrics' `poly_mmd` (independent samples): the within-set kernel sums leave out the
+    diagonal (divided by m (m - 1)), the cross term does not (divided by m^2). gamma defaults
+    to 1 / d.
+
+    `paired`: row i of `y` is made from row i of `x` (an output and its original), so the two
+    are not independent and k(x_i, y_i) would bias the cross term upward and the estimate
+    downward (a set against itself comes out below 0). Then the cross term leaves out the
+    diagonal too: Gretton et al.'s U-statistic (JMLR 2012, eq. 3), unbiased for paired samples
+    and exactly 0 for a set against itself.
     """
     m = len(x)
     if m < 2 or len(y) != m:
@@ -519,6 +532,8 @@ def poly_mmd2(
     k_yy = (y @ y.T * g + coef) ** degree
     k_xy = (x @ y.T * g + coef) ** degree
     within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    if paired:
+        return float(within - 2 * (k_xy.sum() - np.trace(k_xy)) / (m * (m - 1)))
     return float(within - 2 * k_xy.sum() / m**2)
 
 
@@ -553,8 +568,11 @@ def kid(
     degree: int = 3,
     gamma: float | None = None,
     coef: float = 1.0,
+    paired: bool = False,
 ) -> KIDResult:
-    """KID of two sets of feature rows (arrays, tensors or `KIDSample`s), as torchmetrics.
+    """KID of two sets of feature rows (arrays, tensors or `KIDSample`s), as torchmetrics;
+    `paired` (row i of `b` is made from row i of `a`): each subset takes the same rows of both
+    and `poly_mmd2(..., paired=True)`.
 
     Mean and population standard deviation (torchmetrics' `std(unbiased=False)`) of
     `poly_mmd2` over `subsets` random subsets of m = min(subset_size, n_a, n_b) rows per set;
@@ -567,6 +585,8 @@ def kid(
         raise ValueError(
             f"KID needs subsets >= 1 and subset_size >= 2, got {subsets}, {subset_size}"
         )
+    if paired and len(xa) != len(xb):
+        raise ValueError(f"paired KID needs sets of one size, got {len(xa)} and {len(xb)}")
     m = min(subset_size, len(xa), len(xb))
     if m < 2:
         raise ValueError(f"KID needs at least 2 images in each set; got {len(xa)} and {len(xb)}")
@@ -576,7 +596,7 @@ def kid(
             f"KID from subsets of {m} images, fewer than the {subset_size} asked for: the sets "
             f"hold {len(xa)} and {len(xb)} (KID stays unbiased, its spread grows)."
         )
-    opts = {"degree": degree, "gamma": gamma, "coef": coef}
+    opts = {"degree": degree, "gamma": gamma, "coef": coef, "paired": paired}
     if m == len(xa) == len(xb):
         values = (poly_mmd2(xa, xb, **opts),) * subsets
         if subsets > 1:
@@ -586,7 +606,7 @@ def kid(
             )
     else:
         values = tuple(
-            poly_mmd2(xa[i], xb[j], **opts)
+            poly_mmd2(xa[i], xb[i if paired else j], **opts)
             for i, j in kid_subset_indices(len(xa), len(xb), m, subsets, seed)
         )
     arr = np.asarray(values)
@@ -612,15 +632,20 @@ class SetStats:
     n: int = 0
     fid_ref: FIDStats = field(default_factory=FIDStats)
     fid_cand: FIDStats = field(default_factory=FIDStats)
-    kid_ref: KIDSample | None = None
-    kid_cand: KIDSample | None = None
+    #: KID's sample of pairs: each row is an original's features followed by its output's,
+    #: so the reservoir keeps (or drops) the two together
+    kid_pairs: KIDSample | None = None
 
     def __post_init__(self) -> None:
         self.names = parse_set_metrics(",".join(self.names))
-        if "kid" in self.names and self.kid_ref is None:
-            # Different seeds: the two reservoirs must not keep the same positions.
-            self.kid_ref = KIDSample(self.kid_capacity, seed=self.seed)
-            self.kid_cand = KIDSample(self.kid_capacity, seed=self.seed + 1)
+        if "kid" in self.names and self.kid_pairs is None:
+            self.kid_pairs = KIDSample(self.kid_capacity, seed=self.seed)
+
+    def kid_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """KID's kept (originals, outputs) feature rows, paired row by row."""
+        rows = self.kid_pairs.rows
+        d = rows.shape[1] // 2
+        return rows[:, :d], rows[:, d:]
 
     def add_features(self, reference, candidate) -> None:
         """Take in (N, d) features of N originals and of their N encoded versions."""
@@ -631,8 +656,7 @@ class SetStats:
             self.fid_ref.add(ref)
             self.fid_cand.add(cand)
         if "kid" in self.names:
-            self.kid_ref.add(ref)
-            self.kid_cand.add(cand)
+            self.kid_pairs.add(np.concatenate([ref, cand], axis=1))
         self.n += len(ref)
 
     def merge(self, other: SetStats) -> SetStats:
@@ -641,9 +665,8 @@ class SetStats:
             raise ValueError(f"cannot merge set metrics {other.names} into {self.names}")
         self.fid_ref.merge(other.fid_ref)
         self.fid_cand.merge(other.fid_cand)
-        if self.kid_ref is not None:
-            self.kid_ref.merge(other.kid_ref)
-            self.kid_cand.merge(other.kid_cand)
+        if self.kid_pairs is not None:
+            self.kid_pairs.merge(other.kid_pairs)
         self.n += other.n
         return self
 
@@ -678,19 +701,19 @@ class SetStats:
                 )
         if "kid" in self.names:
             k = kid(
-                self.kid_ref,
-                self.kid_cand,
+                *self.kid_rows(),
                 subsets=self.kid_subsets,
                 subset_size=self.kid_subset_size,
                 seed=self.seed,
+                paired=True,
             )
             out.update(
                 kid_mean=k.mean, kid_std=k.std, kid_subset_size=k.subset_size, kid_subsets=k.subsets
             )
             notes.extend(k.notes)
-            if self.kid_ref.seen > self.kid_ref.capacity:
+            if self.kid_pairs.seen > self.kid_pairs.capacity:
                 notes.append(
-                    f"KID from a uniform sample of {self.kid_ref.capacity} of the {n} pairs."
+                    f"KID from a uniform sample of {self.kid_pairs.capacity} of the {n} pairs."
                 )
         return out
 
@@ -774,8 +797,11 @@ class SetScorer:
         if "kid" in s.names:
             out["kid"] = (
                 f"unbiased MMD² with kernel (x·y/{FEATURE_DIM} + 1)^3, mean and population std "
-                f"over {s.kid_subsets} subsets of up to {s.kid_subset_size} images per set "
-                f"(seed {s.seed}; at most {s.kid_capacity} features a set, uniformly sampled), "
-                "as torchmetrics' KernelInceptionDistance"
+                f"over {s.kid_subsets} subsets of up to {s.kid_subset_size} pairs (seed "
+                f"{s.seed}; at most {s.kid_capacity} pairs, uniformly sampled), as torchmetrics' "
+                "KernelInceptionDistance but paired: an output is not independent of its "
+                "original, so the cross term leaves out each image's own pair (Gretton et al. "
+                "2012's U-statistic; 0 for a set against itself, where torchmetrics' form is "
+                "negative)"
             )
         return out
