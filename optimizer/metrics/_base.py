@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from abc import ABC, abstractmethod
 from typing import Any
@@ -21,19 +22,31 @@ __all__ = [
 ]
 
 
+_DEVICE = re.compile(r"(auto|cpu|cuda)(?::(\d+))?")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` is CUDA when present, else the CPU; anything else must name an available device."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
+    """`auto` is CUDA when present, else the CPU; else `cpu`, `cuda` or `cuda:N` with N one of
+    this machine's devices. Anything else (`meta`, `mps`, `cuda:7` on a one-GPU machine) is a
+    one-line ValueError now, not a traceback later."""
+    text = str(device).strip().lower()
+    m = _DEVICE.fullmatch(text)
+    if not m or (m.group(1) != "cuda" and m.group(2) is not None):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    kind, index = m.group(1), m.group(2)
+    if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but no CUDA device is available here")
-    return dev
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {text!r} asked for, but no CUDA device is available here")
+    count = torch.cuda.device_count()
+    if index is not None and int(index) >= count:
+        raise ValueError(
+            f"device {text!r} asked for, but this machine has {count} CUDA device"
+            f"{'s' if count != 1 else ''} (cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})"
+        )
+    return torch.device(text)
 
 
 def check_images(x: torch.Tensor, what: str = "images") -> None:
@@ -129,6 +142,8 @@ def compiled(fn):
             state["fn"] = torch.compile(fn, dynamic=True)
         try:
             return state["fn"](*args)
+        except (torch.OutOfMemoryError, MemoryError):
+            raise  # out of memory is not a compiler failure: eager kernels would hit it again
         except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, never fail
             if state["fn"] is fn:
                 raise
