@@ -30,11 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import Metric
+from ._tiles import check_tiling, is_tiled, tiles
 from .catalog import OUTPUTS
 from .weights import (
     WEIGHT_FREE,
     WeightsMissingError,
     find_checkpoint,
+    frozen,
     load_state,
     match_state,
 )
@@ -195,14 +197,7 @@ def load_dists_network(
         raise WeightsMissingError(f"{ab_path}: alpha/beta must be finite and non-negative")
     net.alpha.copy_(ab["alpha"])
     net.beta.copy_(ab["beta"])
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-
-
-#: tiles start on multiples of the deepest stage's stride, so tile maps line up with whole ones
-ALIGN = 16
+    return frozen(net)
 
 
 @dataclass
@@ -242,8 +237,7 @@ class DISTS(Metric):
         margin: int = 128,
     ) -> None:
         super().__init__(device)
-        if tile % ALIGN or margin % ALIGN or tile <= 0 or margin < 0:
-            raise ValueError(f"DISTS tile ({tile}) and margin ({margin}) must be multiples of 16")
+        check_tiling("DISTS", tile, margin)
         self.tile, self.margin = tile, margin
         if network is None:
             network = load_dists_network(weights_dir, allow_download=allow_download)
@@ -257,8 +251,7 @@ class DISTS(Metric):
         return self.network(x.contiguous())
 
     def _is_tiled(self, h: int, w: int) -> bool:
-        side = self.tile + 2 * self.margin
-        return h > side or w > side
+        return is_tiled(h, w, self.tile, self.margin)
 
     def prepare(self, reference: torch.Tensor) -> _Prepared:
         size = (reference.shape[2], reference.shape[3])
@@ -302,30 +295,21 @@ class DISTS(Metric):
         sums = [candidates.new_zeros(5, n, c, dtype=torch.float64) for c in CHANNELS]
         counts = [0] * len(CHANNELS)
         shapes = [(-(-h // s), -(-w // s)) for s in STRIDES]
-        t, m = self.tile, self.margin
-        for y0 in range(0, h, t):
-            y1 = min(h, y0 + t)
-            cy0, cy1 = max(0, y0 - m), min(h, y1 + m)
-            for x0 in range(0, w, t):
-                x1 = min(w, x0 + t)
-                cx0, cx1 = max(0, x0 - m), min(w, x1 + m)
-                fx = self._maps(candidates[:, :, cy0:cy1, cx0:cx1])
-                fy = self._maps(prepared.reference[:, :, cy0:cy1, cx0:cx1])
-                for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
-                    s, (hk, wk) = STRIDES[k], shapes[k]
-                    r0, r1 = y0 // s, (y1 // s if y1 < h else hk)
-                    c0, c1 = x0 // s, (x1 // s if x1 < w else wk)
-                    oy, ox = cy0 // s, cx0 // s
-                    a = a[:, :, r0 - oy : r1 - oy, c0 - ox : c1 - ox]
-                    b = b[:, :, r0 - oy : r1 - oy, c0 - ox : c1 - ox]
-                    # Products in float32 (as the whole-image path), sums in float64: no
-                    # float64 copy of a map is ever made.
-                    for j, (u, v) in enumerate(((a, None), (b, None), (a, a), (b, b), (a, b))):
-                        prod = u if v is None else u * v
-                        sums[k][j] += prod.sum((2, 3), dtype=torch.float64).expand(n, -1)
-                        del prod
-                    counts[k] += (r1 - r0) * (c1 - c0)
-                del fx, fy
+        for tl in tiles(h, w, self.tile, self.margin):
+            rows, cols = tl.context
+            fx = self._maps(candidates[:, :, rows, cols])
+            fy = self._maps(prepared.reference[:, :, rows, cols])
+            for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
+                _, (in_r, in_c) = tl.core(STRIDES[k], shapes[k])
+                a, b = a[:, :, in_r, in_c], b[:, :, in_r, in_c]
+                # Products in float32 (as the whole-image path), sums in float64: no float64
+                # copy of a map is ever made.
+                for j, (u, v) in enumerate(((a, None), (b, None), (a, a), (b, b), (a, b))):
+                    prod = u if v is None else u * v
+                    sums[k][j] += prod.sum((2, 3), dtype=torch.float64).expand(n, -1)
+                    del prod
+                counts[k] += a.shape[2] * a.shape[3]
+            del fx, fy
         for k, total in enumerate(sums):
             sx, sy, sxx, syy, sxy = (v / counts[k] for v in total)
             x_var, y_var = sxx - sx * sx, syy - sy * sy

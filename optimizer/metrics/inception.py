@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ._base import resolve_device
-from .weights import find_checkpoint, load_state, match_state
+from .weights import find_checkpoint, frozen, load_state, match_state
 
 __all__ = [
     "FEATURE_DIM",
@@ -93,10 +93,7 @@ def _build_inception(state: dict[str, torch.Tensor], source: Path | str) -> nn.M
         if name.endswith(".num_batches_tracked") and name not in given:
             given[name] = torch.zeros((), dtype=torch.long)
     net.load_state_dict(match_state(own, given, source, "pytorch-fid's FID Inception"))
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    return frozen(net)
 
 
 def _blocks(inception: nn.Module) -> nn.Sequential:

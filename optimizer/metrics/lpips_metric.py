@@ -22,8 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from ._base import Metric, percentile
+from ._tiles import check_tiling, is_tiled, tiles
 from .catalog import OUTPUTS
-from .weights import WEIGHT_FREE, WeightsMissingError, find_checkpoint, load_state, match_state
+from .weights import (
+    WEIGHT_FREE,
+    WeightsMissingError,
+    find_checkpoint,
+    frozen,
+    load_state,
+    match_state,
+)
 
 __all__ = [
     "BACKBONES",
@@ -97,15 +105,7 @@ def _build(net: str, backbone_state: dict[str, torch.Tensor], source: Path | str
         key=lambda k: re.sub(r"^slice\d+\.", "features.", k),
     )
     module.net.load_state_dict(mapped, strict=True)
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-#: every lpips backbone reaches a total stride of 16 (AlexNet: conv 4 x two pools; VGG16 and
-#: SqueezeNet: four stride-2 stages); tiles starting on multiples of it line up with the whole image
-ALIGN = 16
+    return frozen(module)
 
 
 @dataclass
@@ -143,8 +143,7 @@ class LPIPS(Metric):
         margin: int = 128,
     ) -> None:
         super().__init__(device)
-        if tile % ALIGN or margin % ALIGN or tile <= 0 or margin < 0:
-            raise ValueError(f"LPIPS tile ({tile}) and margin ({margin}) must be multiples of 16")
+        check_tiling("LPIPS", tile, margin)
         self.net_name = net
         self.min_side = BACKBONES[net][1] if net in BACKBONES else 32
         self.tile, self.margin = tile, margin
@@ -169,8 +168,7 @@ class LPIPS(Metric):
         return [lpips.normalize_tensor(o) for o in outs]
 
     def _is_tiled(self, h: int, w: int) -> bool:
-        side = self.tile + 2 * self.margin
-        return h > side or w > side
+        return is_tiled(h, w, self.tile, self.margin)
 
     def _layer_shapes(self, h: int, w: int) -> list[tuple[int, int]]:
         # Shape inference on the meta device: no memory, no arithmetic.
@@ -207,22 +205,13 @@ class LPIPS(Metric):
             ]
         strides = self._strides
         maps = [candidates.new_zeros(n, 1, hk, wk) for hk, wk in shapes]
-        t, m = self.tile, self.margin
-        for y0 in range(0, h, t):
-            y1 = min(h, y0 + t)
-            cy0, cy1 = max(0, y0 - m), min(h, y1 + m)
-            for x0 in range(0, w, t):
-                x1 = min(w, x0 + t)
-                cx0, cx1 = max(0, x0 - m), min(w, x1 + m)
-                fx = self._features(candidates[:, :, cy0:cy1, cx0:cx1])
-                fr = self._features(prepared.reference[:, :, cy0:cy1, cx0:cx1])
-                for k, (lin, a, b) in enumerate(zip(self.network.lins, fx, fr, strict=True)):
-                    s, (hk, wk) = strides[k], shapes[k]
-                    layer = lin((a - b) ** 2)
-                    r0, r1 = y0 // s, (y1 // s if y1 < h else hk)
-                    c0, c1 = x0 // s, (x1 // s if x1 < w else wk)
-                    oy, ox = cy0 // s, cx0 // s
-                    maps[k][:, :, r0:r1, c0:c1] = layer[:, :, r0 - oy : r1 - oy, c0 - ox : c1 - ox]
+        for tl in tiles(h, w, self.tile, self.margin):
+            rows, cols = tl.context
+            fx = self._features(candidates[:, :, rows, cols])
+            fr = self._features(prepared.reference[:, :, rows, cols])
+            for k, (lin, a, b) in enumerate(zip(self.network.lins, fx, fr, strict=True)):
+                (out_r, out_c), (in_r, in_c) = tl.core(strides[k], shapes[k])
+                maps[k][:, :, out_r, out_c] = lin((a - b) ** 2)[:, :, in_r, in_c]
         return maps
 
     def score(self, candidates: torch.Tensor, prepared: _Prepared) -> dict[str, torch.Tensor]:

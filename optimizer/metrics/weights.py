@@ -23,6 +23,7 @@ __all__ = [
     "WEIGHT_FREE",
     "WeightsMissingError",
     "find_checkpoint",
+    "frozen",
     "hub_checkpoints",
     "load_state",
     "match_state",
@@ -129,3 +130,12 @@ def match_state(
             )
         mapped[name] = given[theirs]
     return mapped
+
+
+def frozen(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` in eval mode with no parameter needing a gradient: a metric's fixed network
+    (candidates stay differentiable through it)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
