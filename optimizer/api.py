@@ -544,10 +544,16 @@ def tune(
         result.preset_path = result.preset.save(preset_out or studies / f"{name}.preset.json")
         if out is not None:
             result.outputs = _write_set(images, study.best.candidate, folder=folder, out=Path(out))
-        if set_scorer is not None:
-            result.set_metrics = _recipe_set_metrics(images, study, set_scorer)
+    # The chosen recipe's decoded outputs, made once for the report's crops and the set metrics.
+    shown = None
+    if report is not None and study.best is not None:
+        from .report import report_images
+
+        shown = report_images(images, study.best.candidate)
+    if set_scorer is not None and study.best is not None:
+        result.set_metrics = _recipe_set_metrics(images, study, set_scorer, shown)
     if report is not None:
-        from .report import build_report, report_images, write_report
+        from .report import build_report, write_report
 
         path = Path(report)
         result.report_path = path if path.suffix else studies / f"{name}.report.html"
@@ -556,19 +562,22 @@ def tune(
             build_report(
                 study.study,
                 preset=result.preset.to_dict() if result.preset else None,
-                images=report_images(images, study.best.candidate) if study.best else None,
+                images=shown,
             ),
         )
     return result
 
 
-def _recipe_set_metrics(images: ImageSet, study: StudyResult, scorer: SetScorer) -> dict:
-    """FID/KID of the chosen recipe's decoded outputs against the references (one image in
-    memory at a time), kept in the study's user attributes so `imgtune report` shows them."""
+def _recipe_set_metrics(
+    images: ImageSet, study: StudyResult, scorer: SetScorer, pairs: list | None = None
+) -> dict:
+    """FID/KID of the chosen recipe's decoded outputs against the references, kept in the
+    study's user attributes so `imgtune report` shows them. `pairs`: those outputs already
+    decoded (the report's); else they are made one image in memory at a time."""
     from .report import decoded_pairs
 
     cand = study.best.candidate
-    for pair in decoded_pairs(images, cand):
+    for pair in pairs if pairs is not None else decoded_pairs(images, cand):
         scorer.add(pair["reference"], pair["output"])
     found = {**scorer.result(), "method": scorer.describe(), "recipe": cand.as_dict()}
     study.study.set_user_attr("set_metrics", found)

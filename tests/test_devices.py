@@ -41,12 +41,11 @@ def test_a_cuda_index_this_machine_lacks(monkeypatch):
         resolve_device("cuda")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machines without CUDA")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--device", "meta"], "unknown device 'meta'"),
-        (["--device", "cuda"], "no CUDA device is available here"),
+        (["--device", "cuda:99"], "CUDA device"),  # none here; fewer than 100 on a GPU machine
     ],
 )
 def test_the_commands_refuse_in_one_line(tmp_path, args, message):
