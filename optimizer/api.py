@@ -76,10 +76,12 @@ def build_suite(
     weights: PathLike | None = None,
     device: str = "auto",
     compile: bool = False,
+    gpu_memory: str | int | float | None = None,
 ) -> MetricSuite:
     """The metrics to score with: `metrics` (a comma-separated string or a list) plus what
     `target` names; with `metrics` None, just what the target needs. LPIPS weights are located
-    first (`WeightsMissingError` before any work); a bad name or weight is a `UsageError`."""
+    first (`WeightsMissingError` before any work); a bad name or weight is a `UsageError`.
+    `gpu_memory`: the device memory budget of its batch scorer (`gpu_memory_budget`)."""
     from .metrics import MetricSuite
 
     chosen = metrics.split(",") if isinstance(metrics, str) else metrics
@@ -95,6 +97,7 @@ def build_suite(
             lpips_net=lpips_net,
             weights_dir=weights,
             compile=compile,
+            device_memory=gpu_memory_budget(gpu_memory),
         )
     except ImgtuneError:
         raise
@@ -352,6 +355,7 @@ def tune(
     weights: PathLike | None = None,
     device: str = "auto",
     compile: bool = False,
+    gpu_memory: str | int | None = None,
     report: PathLike | None = None,
     set_metrics: str | Sequence[str] | None = None,
     follow_symlinks: bool = False,
@@ -431,6 +435,10 @@ def tune(
     weights, device, compile:
         Weights folder (LPIPS, DISTS and FID checkpoints), ``auto``/``cpu``/``cuda``, and
         torch.compile of kernels.
+    gpu_memory:
+        On a GPU, the memory scoring may use: ``"12G"``, bytes, or ``"60%"`` of the free
+        memory (default 80%). Candidates of every image in flight are scored in batches
+        within it (`optimizer.metrics.batching`); ignored on the CPU.
     follow_symlinks, max_pixels, animated:
         How the folder is read (links out of it, the decompression-bomb limit, animations).
     studies:
@@ -471,7 +479,9 @@ def tune(
     lossy_only("tune", tgt, chosen)
     width_list = parse_widths(widths, boxed=max_width is not None or max_height is not None)
     bounds = parse_quality_ranges(quality_range, chosen)
-    suite = build_suite(target=tgt, weights=weights, device=device, compile=compile)
+    suite = build_suite(
+        target=tgt, weights=weights, device=device, compile=compile, gpu_memory=gpu_memory
+    )
     set_scorer = (
         build_set_scorer(set_metrics, weights=weights, device=device) if set_metrics else None
     )
@@ -497,7 +507,10 @@ def tune(
     # and so do the --workers processes, which build the same set from this recipe.
     recipe = ImageSetSpec(
         tuple(str(s.path) for s in sources),
-        functools.partial(build_suite, target=tgt, weights=weights, device=device, compile=compile),
+        functools.partial(
+            build_suite, target=tgt, weights=weights, device=device, compile=compile,
+            gpu_memory=gpu_memory,
+        ),
         max_pixels=_limit(max_pixels), animated=animated,
         options={
             "max_width": max_width, "max_height": max_height, "background": bg,
@@ -629,6 +642,7 @@ def optimize(
     weights: PathLike | None = None,
     device: str = "auto",
     compile: bool = False,
+    gpu_memory: str | int | None = None,
     model: str | PathLike | None = "auto",
     learn: bool = True,
     studies: PathLike | None = None,
@@ -691,7 +705,7 @@ def optimize(
         The memory images in flight may use (threads): ``"8G"``, ``"500M"``, bytes, or
         ``"off"``; default half the machine's RAM. Images are admitted while their estimated
         working set fits; one larger than the budget runs alone.
-    follow_symlinks, max_pixels, animated, weights, device, compile:
+    follow_symlinks, max_pixels, animated, weights, device, compile, gpu_memory:
         As for `tune`.
     model:
         Where each image's search starts (`model_learner`): ``"auto"`` (the learned model of
@@ -753,7 +767,8 @@ def optimize(
     return _run_folder(
         src, out, job, QualityPredictor(start), jobs=jobs, cluster=cluster,
         memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
-        compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
+        compile=compile, gpu_memory=gpu_memory, on_start=on_start, on_result=on_result,
+        on_warning=on_warning,
         learner=learner, html=html,
     )  # fmt: skip
 
@@ -956,6 +971,7 @@ def apply(
     weights: PathLike | None = None,
     device: str = "auto",
     compile: bool = False,
+    gpu_memory: str | int | None = None,
     html: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_result: Callable[[ImageOutcome], None] | None = None,
@@ -990,7 +1006,8 @@ def apply(
     return _run_folder(
         src, out, job, QualityPredictor(), jobs=jobs, cluster=cluster,
         memory=memory, follow_symlinks=follow_symlinks, weights=weights, device=device,
-        compile=compile, on_start=on_start, on_result=on_result, on_warning=on_warning,
+        compile=compile, gpu_memory=gpu_memory, on_start=on_start, on_result=on_result,
+        on_warning=on_warning,
         html=html,
     )  # fmt: skip
 
@@ -1006,12 +1023,36 @@ class SuiteRecipe:
     weights: str | None = None
     device: str = "auto"
     compile: bool = False
+    gpu_memory: str | int | None = None
 
     def build(self) -> MetricSuite:
         return build_suite(
             metrics=list(self.names), composite=self.composite, lpips_net=self.lpips_net,
             weights=self.weights, device=self.device, compile=self.compile,
+            gpu_memory=self.gpu_memory,
         )  # fmt: skip
+
+
+def gpu_memory_budget(value: str | int | float | None) -> int | float | None:
+    """The batch scorer's device memory budget: bytes from ``"8G"``/``"500M"``/an int, or a
+    share of the device's free memory from ``"60%"``; None: its default (80% of the free
+    memory when scoring starts)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and 0 < value <= 1:
+        return value
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1]) / 100
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 1:
+            raise UsageError(f"--gpu-memory share must be in (0%, 100%], not {value!r}")
+        return share
+    if text.upper() == "OFF":
+        raise UsageError("--gpu-memory takes a size (8G) or a share of free memory (60%)")
+    return memory_budget(value)
 
 
 def memory_budget(memory: str | int | None) -> int | None:
@@ -1040,7 +1081,19 @@ def memory_budget(memory: str | int | None) -> int | None:
 
 
 def _run_folder(
-    src, out, job, predictor, *, jobs, cluster, memory, weights, device, compile, **kw
+    src,
+    out,
+    job,
+    predictor,
+    *,
+    jobs,
+    cluster,
+    memory,
+    weights,
+    device,
+    compile,
+    gpu_memory,
+    **kw,
 ) -> RunSummary:
     from .batch import run_folder
 
@@ -1053,6 +1106,7 @@ def _run_folder(
         weights=None if weights is None else str(weights),
         device=device,
         compile=compile,
+        gpu_memory=gpu_memory,
     )
     if cluster is not None:
         from .cluster import open_cluster, resources_for
@@ -1062,6 +1116,8 @@ def _run_folder(
         # here, so its device is checked here first.
         suite = (recipe if cluster.startswith("local:") else replace(recipe, device="cpu")).build()
         with open_cluster(cluster, recipe, resources=resources_for(device)) as c:
+            # the job's key names the device the workers score on, not this process's
+            suite.spec_device = c.device_kind()
             return run_folder(
                 src, Path(out), job, suite=suite, cluster=c, predictor=predictor, **kw
             )

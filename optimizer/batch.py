@@ -175,8 +175,9 @@ def run_folder(
             predictor=predictor or QualityPredictor(),
             learner=learner,
             names=output_names([p for p in listed if isinstance(p, Path)], src_root),
-            key=job.key(suite.describe()),
-            spec=suite.describe(),
+            # the device and precision too: a resumed run on another device starts over
+            key=job.key(suite.spec()),
+            spec=suite.spec(),
         )
         if learner is not None:
             # What this OUT's earlier runs of this job stored is learnt again, in order, from

@@ -109,6 +109,12 @@ def remote_chunk(job, recipe, images: list[tuple[Path, Any, str, str]]) -> list[
     return out
 
 
+def _device_kind(device: str) -> str:
+    from .metrics import resolve_device
+
+    return resolve_device(device).type
+
+
 def _rerun_count(dask_scheduler, prefix: str) -> int:
     """How many images were rerun because a worker died while running their task: the
     scheduler's count for each of the run's task prefixes (`<prefix>_<images per task>`),
@@ -240,6 +246,14 @@ class Cluster:
 
     def _workers(self) -> dict[str, Any]:
         return self.client.scheduler_info(n_workers=-1)["workers"]
+
+    def device_kind(self) -> str:
+        """The device kind this run's images are scored on: `cuda` where tasks take a GPU,
+        else what `--device` resolves to on the workers (asked of each), or `mixed`."""
+        if self.resources:
+            return "cuda"
+        kinds = set(self.client.run(_device_kind, str(self.recipe.device)).values())
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
     def check_resources(self, address: str) -> None:
         """Refuse a run whose tasks no worker can take (e.g. `--device cuda` and no worker

@@ -129,7 +129,10 @@ def score_pair(
             f"{candidate}: is {cand.width}x{cand.height} but its reference {reference} is "
             f"{ref.width}x{ref.height}; scores need equal sizes"
         )
-    scores = suite.score_pair(ref.pixels, cand.pixels)
+    # Through the suite's scorer: on a GPU, pairs scored at once (folder scoring, the
+    # service's requests) share batches, and out of memory falls back instead of failing.
+    scorer = suite.scorer
+    scores = scorer.score(scorer.prepare(ref.pixels), cand.pixels)
     if set_scorer is not None:
         set_scorer.add(ref.pixels, cand.pixels)
     missed = tuple(str(c) for c in target.failures(scores.values)) if target else ()

@@ -270,12 +270,12 @@ class ImageSet:
                 else transforms.reference(src.pixels, size)
             )
             flat = (
-                suite.prepare(ref, background=background)
+                suite.scorer.prepare(ref, background=background)
                 if src.has_alpha and background is not None
                 else None
             )
             label = src.path.name + (f"@{size[0]}w" if self.widths else "")
-            self.items.append(_Item(src, size, suite.prepare(ref), flat, label))
+            self.items.append(_Item(src, size, suite.scorer.prepare(ref), flat, label))
         self.resized = any(it.size != (it.source.width, it.source.height) for it in self.items)
         self.has_alpha = any(it.source.has_alpha for it in self.items)
         self.cache: dict[tuple[str, Candidate], tuple[int, dict[str, float]]] = {}
@@ -288,7 +288,8 @@ class ImageSet:
         self._pixels: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._inflight: dict[tuple[str, Candidate], threading.Event] = {}
         self.total_pixels = sum(it.size[0] * it.size[1] for it in self.items)
-        self._spec = json.dumps(suite.describe(), sort_keys=True)
+        # the device and precision too: CPU and GPU scores never share a cache entry
+        self._spec = json.dumps(suite.spec(), sort_keys=True)
         # Other tune runs and --workers processes on this folder write the same file.
         self._db = ScoreCache(cache_path) if cache_path is not None else None
         self.box = (max_width, max_height)
@@ -459,7 +460,9 @@ class ImageSet:
         channels = item.channels if alpha_kept or not item.source.has_alpha else item.channels - 1
         decoded = codecs.decode(data, channels=channels)
         prepared = item.prepared if alpha_kept or not item.source.has_alpha else item.prepared_flat
-        return len(data), self.suite.score(prepared, [decoded])[0].values
+        # Through the suite's scorer: on a GPU, one owner batches candidates of every image
+        # in flight (metrics.batching); on the CPU, this thread scores it.
+        return len(data), self.suite.scorer.score(prepared, decoded).values
 
     def _valid_row(self, row: tuple) -> tuple[int, dict[str, float]] | None:
         """A cached (bytes, scores) read back from disk, if it is what this suite writes; a

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_images"
 
 
+#: the devices a metric test runs on: the CPU everywhere, CUDA where there is one (`gpu`)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
 def sample_paths() -> list[Path]:
     return sorted(SAMPLES.glob("*.png"))
 

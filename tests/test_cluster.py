@@ -526,3 +526,15 @@ def test_workers_get_back_the_malloc_thresholds_dask_s_environment_takes_away():
     # Outside a Dask worker (no such variable) nothing is touched: glibc's own thresholds.
     clean = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
     assert mapped("restore", clean)[0] == "False"
+
+
+def test_the_job_key_names_the_device_the_workers_score_on():
+    # The workers say what `--device auto` is on them (here the CPU); tasks that take a GPU
+    # resource are on CUDA whatever this process has.
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as local:
+        with cluster.open_cluster(local.scheduler_address, SuiteRecipe(("psnr",))) as c:
+            assert c.device_kind() == "cpu"
+        c.resources = {"GPU": 1}
+        assert c.device_kind() == "cuda"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import lpips
@@ -17,7 +18,7 @@ from optimizer.metrics.lpips_metric import (
     load_lpips_network,
 )
 
-from .conftest import blur, jpeg, noise, read_rgb, sample_paths, to_tensor
+from .conftest import DEVICES, blur, jpeg, noise, read_rgb, sample_paths, to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,10 @@ def test_loader_overwrites_every_backbone_tensor(random_weights_dir, reference_m
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dist", ["jpeg20", "jpeg80", "blur", "noise"])
-def test_matches_lpips_package_value_and_spatial_map(metric, reference_module, dist):
+def test_matches_lpips_package_value_and_spatial_map(metric, reference_module, dist, device):
+    """Ours on `device` (TF32 off while scoring) against the package on the CPU."""
     ref = read_rgb(sample_paths()[0])[:192, :160]
     cand = {
         "jpeg20": jpeg(ref, 20),
@@ -66,7 +69,9 @@ def test_matches_lpips_package_value_and_spatial_map(metric, reference_module, d
         "noise": noise(ref),
     }[dist]
     x, y = to_tensor(cand), to_tensor(ref)
-    ours = metric(x, y)
+    if device != "cpu":
+        metric = LPIPS(device, network=copy.deepcopy(metric.network))  # the same tensors
+    ours = {k: v.cpu() for k, v in metric(x.to(metric.device), y.to(metric.device)).items()}
     with torch.no_grad():
         expected = reference_module(x, y, normalize=True).item()
         reference_module.spatial = True

@@ -13,7 +13,7 @@ from optimizer.metrics import CompositeSpec, MetricSuite, lpips_category, qualit
 from optimizer.metrics.psnr import PSNR
 from optimizer.metrics.ssim import MSSSIM, SSIM
 
-from .conftest import SAMPLES, jpeg, noise, read_rgb, sample_paths, skimage_ssim
+from .conftest import DEVICES, SAMPLES, jpeg, noise, read_rgb, sample_paths, skimage_ssim
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,10 @@ def test_lpips_categories():
     ]
 
 
-def test_identical_images_score_perfectly(full_suite):
+@pytest.mark.parametrize("device", DEVICES)
+def test_identical_images_score_perfectly(full_suite, device, random_weights_dir):
+    if device != "cpu":
+        full_suite = MetricSuite.build(device=device, weights_dir=random_weights_dir)
     for p in sample_paths():
         px = load(p).pixels
         s = full_suite.score_pair(px, px)

@@ -27,6 +27,7 @@ __all__ = [
     "BackgroundOpt",
     "CompileOpt",
     "DeviceOpt",
+    "GpuMemoryOpt",
     "MaxPixelsOpt",
     "SetMetricsOpt",
     "WeightsOpt",
@@ -123,6 +124,16 @@ SetMetricsOpt = Annotated[
 ]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+]
+GpuMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu-memory",
+        help="GPU memory scoring may use: a size (12G) or a share of the free memory (60%). "
+        "Prepared references stay on the GPU while they fit in half of it (else they wait on "
+        "the host), batches get the rest; out of memory halves a batch, then scores that "
+        "image on the CPU. Default: 80% of the free memory. Ignored on the CPU.",
+    ),
 ]
 BackgroundOpt = Annotated[
     str | None,

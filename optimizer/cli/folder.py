@@ -18,6 +18,7 @@ from .common import (
     CompileOpt,
     DeviceOpt,
     FollowSymlinksOpt,
+    GpuMemoryOpt,
     MaxHeightOpt,
     MaxPixelsOpt,
     MaxWidthOpt,
@@ -278,6 +279,7 @@ def optimize(
     report: ReportOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    gpu_memory: GpuMemoryOpt = None,
     compile: CompileOpt = False,
     model: Annotated[
         str,
@@ -371,7 +373,8 @@ def optimize(
         max_width=max_width, max_height=max_height, jobs=jobs, cluster=cluster, memory=memory,
         follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
-        compile=compile, model=model, learn=learn, studies=studies, widths=widths,
+        compile=compile, gpu_memory=gpu_memory, model=model, learn=learn, studies=studies,
+        widths=widths,
         formats=formats, name_pattern=name_pattern, html=html, max_bytes=max_bytes,
         keep_metadata=keep_metadata,
     )  # fmt: skip
@@ -405,6 +408,7 @@ def apply(
     report: ReportOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    gpu_memory: GpuMemoryOpt = None,
     compile: CompileOpt = False,
     html: HtmlOpt = False,
 ) -> None:
@@ -420,7 +424,7 @@ def apply(
         probe_speed=probe_speed, best_effort=best_effort, jobs=jobs, cluster=cluster, memory=memory,
         follow_symlinks=follow_symlinks,
         max_pixels=max_pixels, animated=animated, weights=weights, device=device,
-        compile=compile, html=html,
+        compile=compile, gpu_memory=gpu_memory, html=html,
     )  # fmt: skip
     _finish(summary, as_json=as_json, out_dir=out_dir)
 

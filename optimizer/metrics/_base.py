@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +20,10 @@ __all__ = [
     "check_pair",
     "compiled",
     "percentile",
+    "map_tensors",
     "resolve_device",
+    "stack_states",
+    "state_nbytes",
 ]
 
 
@@ -47,6 +52,65 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"{'s' if count != 1 else ''} (cuda:0{f'..cuda:{count - 1}' if count > 1 else ''})"
         )
     return torch.device(text)
+
+
+def map_tensors(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`state` (a metric's prepared reference: tensors in dataclasses, lists, tuples and dicts)
+    with `fn` applied to every tensor; everything else as it is."""
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return dataclasses.replace(
+            state,
+            **{f.name: map_tensors(getattr(state, f.name), fn) for f in dataclasses.fields(state)},
+        )
+    if isinstance(state, list | tuple):
+        return type(state)(map_tensors(v, fn) for v in state)
+    if isinstance(state, dict):
+        return {k: map_tensors(v, fn) for k, v in state.items()}
+    return state
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of the tensors in a prepared reference (each storage counted once)."""
+    seen: dict[int, int] = {}
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    map_tensors(state, count)
+    return sum(seen.values())
+
+
+def stack_states(states: Sequence[Any]) -> Any:
+    """Prepared references of several images (each tensor's batch dimension 1) as one whose
+    tensors hold them in order along that dimension: what lets one batch score candidates of
+    different images, candidate i against reference i. Everything that is not a tensor (sizes)
+    must be equal; a difference is a ValueError (the images cannot share a batch)."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        if any(s.shape[1:] != first.shape[1:] or s.shape[0] != 1 for s in states):
+            raise ValueError("prepared tensors differ in shape: the images cannot be batched")
+        return torch.cat(list(states), dim=0)
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        return dataclasses.replace(
+            first,
+            **{
+                f.name: stack_states([getattr(s, f.name) for s in states])
+                for f in dataclasses.fields(first)
+            },
+        )
+    if isinstance(first, list | tuple):
+        if any(len(s) != len(first) for s in states):
+            raise ValueError("prepared states differ in length: the images cannot be batched")
+        return type(first)(stack_states(parts) for parts in zip(*states, strict=True))
+    if isinstance(first, dict):
+        return {k: stack_states([s[k] for s in states]) for k in first}
+    if any(s != first for s in states):
+        raise ValueError(f"prepared states differ ({first!r}): the images cannot be batched")
+    return first
 
 
 def check_images(x: torch.Tensor, what: str = "images") -> None:

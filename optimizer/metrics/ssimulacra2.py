@@ -25,7 +25,7 @@ it holds the next scale's linear RGB (4 bytes per pixel) and a band's working se
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -335,7 +335,17 @@ class SSIMULACRA2(Metric):
             # element differently from the scalar loop that finishes a tensor, so a candidate
             # equal to the reference converts to the same bits only in a tensor of the same
             # shape. (Batches do not pay on the CPU anyway; on CUDA every element runs alike.)
-            parts = [self.score(c, prepared)["ssimulacra2"] for c in candidates.split(1)]
+            # References of several images (`stack_states`) are split alike, pair by pair.
+            refs = (
+                [replace(prepared, scales=[s[i : i + 1] for s in prepared.scales])
+                 for i in range(candidates.shape[0])]
+                if prepared.scales[0].shape[0] > 1
+                else [prepared] * candidates.shape[0]
+            )  # fmt: skip
+            parts = [
+                self.score(c, r)["ssimulacra2"]
+                for c, r in zip(candidates.split(1), refs, strict=True)
+            ]
             return {"ssimulacra2": torch.cat(parts)}
         src = self._rgb(candidates)
         k = _kernel(src.device, src.dtype)

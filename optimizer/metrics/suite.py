@@ -8,7 +8,9 @@ composite with its quality level.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import Metric, resolve_device
+from ._base import Metric, map_tensors, resolve_device, stack_states
 from .catalog import (
     DEFAULT_METRICS,
     METRICS,
@@ -69,7 +71,54 @@ class PreparedReference:
     background: tuple[int, int, int] | None = None
     #: colour channels the metrics saw (1 grey, 3 colour)
     colour: int = 3
+    #: a grey reference repeated to RGB (the colour version of a grey one)
+    grey_as_colour: bool = False
+    #: the metrics' states were moved to the host (the device budget had no room for them):
+    #: they go to the device with each batch that scores against them
+    on_host: bool = False
+    #: prepared by the CPU twin (the device had no memory for it): scored there too
+    on_twin: bool = False
     _colour: PreparedReference | None = field(default=None, repr=False)
+    #: the same reference prepared by the CPU twin, once the device ran out of memory on it
+    _twin: PreparedReference | None = field(default=None, repr=False)
+
+    def group_key(self, candidate: np.ndarray) -> tuple:
+        """Candidates whose keys are equal can be scored in one batch, each against its own
+        reference: same size and channels, same backgrounds, same metrics on each."""
+        return (
+            candidate.shape,
+            self.shape[:2],
+            self.backgrounds,
+            self.colour,
+            tuple(tuple(sorted(state)) for state in self.per_background),
+        )
+
+
+#: scoring runs in full float32: cuDNN would use TF32 for convolutions on Ampere and newer
+#: GPUs by default (1e-4..1e-3 off the CPU and the reference packages). Process-wide flags, so
+#: set while any scoring runs and restored when the last one ends.
+PRECISION = "float32 (TF32 off)"
+_tf32_lock = threading.Lock()
+_tf32_users = 0
+_tf32_saved: tuple[bool, bool] | None = None
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    global _tf32_users, _tf32_saved
+    with _tf32_lock:
+        if _tf32_users == 0:
+            _tf32_saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        _tf32_users += 1
+    try:
+        yield
+    finally:
+        with _tf32_lock:
+            _tf32_users -= 1
+            if _tf32_users == 0 and _tf32_saved is not None:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _tf32_saved
 
 
 def build_metric(
@@ -140,6 +189,8 @@ class MetricSuite:
         composite: CompositeSpec | None = None,
         device="auto",
         batch_pixels: int | None = None,
+        batching: bool | None = None,
+        device_memory: int | None = None,
     ) -> None:
         if not metrics:
             raise ValueError("a metric suite needs at least one metric")
@@ -156,6 +207,16 @@ class MetricSuite:
         if batch_pixels is None:
             batch_pixels = 16_000_000 if self.device.type == "cuda" else 1_000_000
         self.batch_pixels = batch_pixels
+        #: score through one `BatchScorer` (cross-image micro-batches, a device memory budget,
+        #: out-of-memory fallbacks): the default on a GPU; on the CPU, threads score directly
+        self.batching = self.device.type == "cuda" if batching is None else batching
+        #: the batch scorer's budget in bytes (None: a share of the device's free memory)
+        self.device_memory = device_memory
+        #: the device kind `spec()` names when another process scores (a cluster's workers)
+        self.spec_device: str | None = None
+        self._recipe: dict[str, Any] | None = None
+        self._scorer = None
+        self._scorer_lock = threading.Lock()
 
     @classmethod
     def build(
@@ -168,6 +229,8 @@ class MetricSuite:
         weights_dir: str | Path | None = None,
         allow_download: bool = True,
         compile: bool = False,
+        batching: bool | None = None,
+        device_memory: int | None = None,
     ) -> MetricSuite:
         """Build from metric names (LPIPS and DISTS weights are located first, before any work).
 
@@ -198,7 +261,53 @@ class MetricSuite:
         ]
         if spec is None:
             spec = CompositeSpec.default([o.name for m in metrics for o in m.outputs])
-        return cls(metrics, composite=spec, device=dev)
+        suite = cls(
+            metrics, composite=spec, device=dev, batching=batching, device_memory=device_memory
+        )
+        # what the CPU twin (out-of-memory fallback) is built from
+        suite._recipe = dict(
+            names=names, composite_weights=composite_weights, lpips_net=lpips_net,
+            weights_dir=weights_dir, allow_download=allow_download, compile=compile,
+        )  # fmt: skip
+        return suite
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A suite sent to another process leaves its scorer (a thread, a lock) behind: the
+        # other process makes its own on first use.
+        state = dict(self.__dict__)
+        state["_scorer"] = None
+        del state["_scorer_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._scorer_lock = threading.Lock()
+
+    def cpu_twin(self) -> MetricSuite:
+        """The same metrics on the CPU: where a candidate goes when the GPU runs out of memory
+        even for it alone. Needs a suite made by `build` (which knows how to make it again)."""
+        if self.device.type == "cpu":
+            return self
+        if self._recipe is None:
+            raise RuntimeError(
+                "this metric suite was not made by MetricSuite.build, so it has no CPU twin"
+            )
+        return MetricSuite.build(**self._recipe, device="cpu", batching=False)
+
+    @property
+    def scorer(self):
+        """What scores for this suite in a run: one `BatchScorer` per suite (its device's
+        owner) when batching, else a `DirectScorer` (each caller scores on its own thread)."""
+        with self._scorer_lock:
+            if self._scorer is None:
+                from .batching import BatchScorer, DirectScorer
+
+                self._scorer = (
+                    BatchScorer(self, budget_bytes=self.device_memory)
+                    if self.batching
+                    else DirectScorer(self)
+                )
+            return self._scorer
 
     @property
     def min_side(self) -> int:
@@ -229,6 +338,13 @@ class MetricSuite:
             "alpha_backgrounds": [list(b) for b in ALPHA_BACKGROUNDS],
         }
 
+    def spec(self) -> dict[str, Any]:
+        """`describe()` plus where and how the numbers were computed (device kind, precision):
+        what keys score caches and manifests, so that CPU and GPU scores never mix there.
+        Presets and studies compare `describe()`: the metrics, not the machine."""
+        device = self.spec_device or self.device.type
+        return {**self.describe(), "device": device, "precision": PRECISION}
+
     def prepare(
         self, reference: np.ndarray, *, background: tuple[int, int, int] | None = None
     ) -> PreparedReference:
@@ -248,14 +364,16 @@ class MetricSuite:
         bgs = tuple(users) if ref.shape[1] in (2, 4) else None
         per_bg = []
         colour = ref.shape[1] - (1 if ref.shape[1] in (2, 4) else 0)
-        with torch.no_grad():
+        with torch.no_grad(), full_float32():
             for bg, names in users.items():
                 t = _flatten_alpha(ref, bg)
                 if grey_as_colour:
                     t, colour = t.expand(-1, 3, -1, -1).contiguous(), 3
                 per_bg.append({m.name: m.prepare(t) for m in self.metrics if m.name in names})
                 del t  # one float copy at a time
-        return PreparedReference(tuple(reference.shape), bgs, per_bg, reference, background, colour)
+        return PreparedReference(
+            tuple(reference.shape), bgs, per_bg, reference, background, colour, grey_as_colour
+        )
 
     def _background_users(
         self, channels: int, background: tuple[int, int, int] | None
@@ -286,33 +404,57 @@ class MetricSuite:
         """Score uint8 candidates (same height and width as the reference) in batches."""
         h, w = prepared.shape[:2]
         for c in candidates:
-            if c.shape[:2] != (h, w):
-                raise ValueError(
-                    f"candidate is {c.shape[1]}x{c.shape[0]}, reference is {w}x{h}: sizes differ"
-                )
+            self._check_size(prepared, c)
         chunk = max(1, self.batch_pixels // (h * w))
         out: list[Scores] = []
         for start in range(0, len(candidates), chunk):
-            out.extend(self._score_batch(prepared, candidates[start : start + chunk]))
+            part = candidates[start : start + chunk]
+            out.extend(self.score_pairs([(prepared, c) for c in part]))
         return out
 
-    def _score_batch(
-        self, prepared: PreparedReference, batch: Sequence[np.ndarray]
-    ) -> list[Scores]:
-        parts = [_to_tensor(c, self.device) for c in batch]
+    @staticmethod
+    def _check_size(prepared: PreparedReference, candidate: np.ndarray) -> None:
+        h, w = prepared.shape[:2]
+        if candidate.shape[:2] != (h, w):
+            raise ValueError(
+                f"candidate is {candidate.shape[1]}x{candidate.shape[0]}, reference is {w}x{h}: "
+                "sizes differ"
+            )
+
+    def matched(self, prepared: PreparedReference, candidate: np.ndarray) -> PreparedReference:
+        """The reference version a candidate is scored against: a grey reference's colour
+        version for a colour candidate, else the reference itself."""
+        self._check_size(prepared, candidate)
+        channels = candidate.shape[2] if candidate.ndim == 3 else 0
+        cand_colour = channels - (1 if channels in (2, 4) else 0)
+        if cand_colour == 3 and prepared.colour == 1:
+            return self._colour_version(prepared)
+        return prepared
+
+    def score_pairs(self, pairs: Sequence[tuple[PreparedReference, np.ndarray]]) -> list[Scores]:
+        """Score each candidate against its own reference in one batch (all of one
+        `PreparedReference.group_key`): candidates of several images at once. The caller sizes
+        the batch (`score` and `BatchScorer` do)."""
+        refs = [self.matched(p, c) for p, c in pairs]
+        keys = {p.group_key(c) for p, (_, c) in zip(refs, pairs, strict=True)}
+        if len(keys) != 1:
+            raise ValueError("these candidates cannot share a batch (sizes or channels differ)")
+        parts = [_to_tensor(c, self.device) for _, c in pairs]
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         del parts
-        ref_colour = prepared.colour
-        cand_colour = x.shape[1] - (1 if x.shape[1] in (2, 4) else 0)
-        if cand_colour == 3 and ref_colour == 1:
-            prepared = self._colour_version(prepared)
+        first = refs[0]
+        one = all(p is first for p in refs)  # one reference: its batch-1 state broadcasts
         worst: dict[str, torch.Tensor] = {}
-        with torch.inference_mode():
-            for bg, state in zip(
-                prepared.backgrounds or (None,), prepared.per_background, strict=True
-            ):
+        with torch.inference_mode(), full_float32():
+            for k, bg in enumerate(first.backgrounds or (None,)):
+                states = [
+                    self._on_device(p.per_background[k]) if p.on_host else p.per_background[k]
+                    for p in ([first] if one else refs)
+                ]
+                state = states[0] if one else stack_states(states)
+                del states
                 xb = _flatten_alpha(x, bg)
-                if xb.shape[1] == 1 and prepared.colour == 3:
+                if xb.shape[1] == 1 and first.colour == 3:
                     xb = xb.expand(-1, 3, -1, -1)
                 for m in self.metrics:
                     if m.name not in state:  # this metric is not judged over this background
@@ -324,9 +466,10 @@ class MetricSuite:
                         else:
                             pick = torch.minimum if better else torch.maximum
                             worst[name] = pick(worst[name], value)
+                del state, xb
         columns = {k: v.double().cpu().tolist() for k, v in worst.items()}
         results = []
-        for i in range(len(batch)):
+        for i in range(len(pairs)):
             values = {k: float(v[i]) for k, v in columns.items()}
             values["composite"] = float(self.composite.value(values))
             results.append(
@@ -337,6 +480,10 @@ class MetricSuite:
                 )
             )
         return results
+
+    def _on_device(self, state: dict[str, Any]) -> dict[str, Any]:
+        # A state kept on the host (the device budget had no room for it), for one batch.
+        return map_tensors(state, lambda t: t.to(self.device, non_blocking=True))
 
     def score_pair(self, reference: np.ndarray, candidate: np.ndarray) -> Scores:
         return self.score(self.prepare(reference), [candidate])[0]
