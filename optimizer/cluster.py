@@ -262,7 +262,7 @@ class Cluster:
             return
         workers = self._workers()
         if not any(_capacity(w, self.resources) for w in workers.values()):
-            need = ",".join(f"{k}={v:g}" for k, v in self.resources.items())
+            need = ",".join(f"{k}={max(1, round(v)):g}" for k, v in self.resources.items())
             raise UsageError(
                 f"--device cuda on a cluster runs images only on workers started with "
                 f"--resources {need}; none of the {len(workers)} workers of {address} declares "
@@ -306,11 +306,19 @@ def _capacity(worker: dict[str, Any], need: dict[str, float]) -> int:
     return min(fits, int(worker.get("nthreads", 1)))
 
 
+#: images that may share one declared GPU at once (`--resources GPU=1`), each worker thread
+#: one: the worker's suite scores them all through one batch scorer (micro-batches across
+#: images, within its device memory budget, out of memory handled), so more images in flight
+#: fill its batches; the worker's threads (encoding is CPU work) bound it first
+IMAGES_PER_GPU = 16
+
+
 def resources_for(device: str) -> dict[str, float] | None:
-    """`--device cuda` on a cluster: each image's task takes one of a worker's declared GPUs
-    (`dask worker --resources GPU=1`); otherwise a task runs on any worker, on its GPU if it
+    """`--device cuda` on a cluster: each image's task takes a share of one of a worker's
+    declared GPUs (`dask worker --resources GPU=1`: up to `IMAGES_PER_GPU` images at once,
+    as many as the worker's threads); otherwise a task runs on any worker, on its GPU if it
     has one (`--device auto`)."""
-    return {"GPU": 1} if str(device).startswith("cuda") else None
+    return {"GPU": 1 / IMAGES_PER_GPU} if str(device).startswith("cuda") else None
 
 
 @contextmanager
@@ -343,7 +351,8 @@ def open_cluster(
                     processes=True,
                     dashboard_address=None,
                     silence_logs=logging.ERROR,
-                    resources=resources,
+                    # each worker declares one of what a task takes a share of (one GPU)
+                    resources={k: 1 for k in resources} if resources else None,
                 ) as cluster,
                 Client(cluster) as client,
             ):

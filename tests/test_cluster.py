@@ -440,10 +440,11 @@ class _Restrictions(SchedulerPlugin):
             self.seen[str(key)] = dict(ts.resource_restrictions or {})
 
 
-def test_gpu_tasks_go_only_to_workers_that_declare_a_gpu_one_at_a_time(tmp_path):
-    # A worker with 2 threads and one declared GPU takes one image's task at a time (the
-    # window counts GPUs, not threads), and every task asks for the GPU. The suite stays on
-    # the CPU here (no CUDA in CI): what is tested is the routing.
+def test_gpu_tasks_go_only_to_workers_that_declare_a_gpu_and_share_it(tmp_path):
+    # Every task asks for a share of a GPU: a worker with one declared GPU takes as many
+    # images at once as it has threads (up to IMAGES_PER_GPU; they share its batch scorer),
+    # and one with 2 GPU declared and 1 thread only one. The suite stays on the CPU here (no
+    # CUDA in CI): what is tested is the routing.
     from optimizer.batch import run_folder
     from optimizer.image_job import Job
     from optimizer.predictor import QualityPredictor
@@ -461,7 +462,13 @@ def test_gpu_tasks_go_only_to_workers_that_declare_a_gpu_one_at_a_time(tmp_path)
             local.scheduler_address, recipe, resources=cluster.resources_for("cuda")
         ) as c,
     ):
-        assert c.window() == 2  # 2 x one GPU, not 2 x two threads
+        assert c.window() == 4  # 2 x the worker's two threads, each with a share of its GPU
+        few = {"nthreads": 1, "resources": {"GPU": 1}}
+        many = {"nthreads": 64, "resources": {"GPU": 1}}
+        share = cluster.resources_for("cuda")
+        assert cluster._capacity(few, share) == 1
+        assert cluster._capacity(many, share) == cluster.IMAGES_PER_GPU
+        assert cluster._capacity({"nthreads": 8, "resources": {}}, share) == 0
         c.client.run_on_scheduler(
             lambda dask_scheduler, prefix: dask_scheduler.add_plugin(
                 _Restrictions(dask_scheduler, prefix)
@@ -477,7 +484,7 @@ def test_gpu_tasks_go_only_to_workers_that_declare_a_gpu_one_at_a_time(tmp_path)
             lambda dask_scheduler: dask_scheduler.plugins[_Restrictions.name].seen
         )
     assert summary.searched == 6 and summary.counts["written"] + summary.counts["kept"] == 6
-    assert seen and all(r == {"GPU": 1} for r in seen.values())
+    assert seen and all(r == {"GPU": 1 / cluster.IMAGES_PER_GPU} for r in seen.values())
     assert cluster.resources_for("auto") is None and cluster.resources_for("cpu") is None
 
 

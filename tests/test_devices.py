@@ -57,6 +57,20 @@ def test_the_commands_refuse_in_one_line(tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["optimize", "tune"])
+def test_a_bad_gpu_memory_is_refused_in_one_line_before_any_work(tmp_path, command):
+    out = tmp_path / "out"
+    args = [str(SAMPLES), str(out)] if command == "optimize" else [str(SAMPLES), "--out", str(out)]
+    r = CliRunner().invoke(
+        app,
+        [command, *args, "--gpu-memory", "150%", "--trials", "1"][
+            : None if command == "tune" else -2
+        ],
+    )
+    assert r.exit_code == 2 and "--gpu-memory share must be in (0%, 100%]" in r.output
+    assert "Traceback" not in r.output and not out.exists()
+
+
 def test_out_of_memory_is_not_a_compiler_failure(monkeypatch):
     """`compiled` falls back to eager kernels when compiling fails, but re-raises an
     out-of-memory error (eager kernels would run out too; the caller decides what to do)."""

@@ -224,7 +224,16 @@ class BatchScorer:
             except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
                 fut.set_exception(exc)
             return fut
-        request = _Request(self.suite.matched(prepared, candidate), candidate)
+        try:
+            matched = self.suite.matched(prepared, candidate)  # may prepare a colour version
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self._forget(exc)
+            request = _Request(prepared, candidate)
+            self._score_on_cpu(request)
+            return request.future
+        request = _Request(matched, candidate)
         with self._lock:  # queued under the lock: an owner going idle cannot miss it
             if self._closed:
                 raise RuntimeError("the batch scorer is closed")

@@ -248,8 +248,10 @@ class InceptionFeatures:
         """(N, 2048) float64 features on the CPU of N uint8 H x W x C images (C 1..4)."""
         for i, im in enumerate(images):
             _check_pixels(im, i)
+        from .suite import full_float32
+
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), full_float32():  # no TF32 convolutions on a GPU
             for start in range(0, len(images), self.batch):
                 chunk = [resize_bilinear(im) for im in images[start : start + self.batch]]
                 x = torch.from_numpy(np.stack(chunk)).to(self.device)
