@@ -1050,9 +1050,15 @@ def gpu_memory_budget(value: str | int | float | None) -> int | float | None:
         if not 0 < share <= 1:
             raise UsageError(f"--gpu-memory share must be in (0%, 100%], not {value!r}")
         return share
-    if text.upper() == "OFF":
-        raise UsageError("--gpu-memory takes a size (8G) or a share of free memory (60%)")
-    return memory_budget(value)
+    try:
+        if text.upper() != "OFF":
+            return memory_budget(value)
+    except UsageError:
+        pass
+    raise UsageError(
+        f"--gpu-memory takes a size (12G, 500M, bytes) or a share of the free memory (60%), "
+        f"not {value!r}"
+    )
 
 
 def memory_budget(memory: str | int | None) -> int | None:

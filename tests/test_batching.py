@@ -380,6 +380,9 @@ def test_gpu_memory_values_are_parsed_or_refused():
     assert gpu_memory_budget(None) is None
     assert gpu_memory_budget("60%") == pytest.approx(0.6)
     assert gpu_memory_budget("2G") == 2 << 30
-    for bad in ("0%", "150%", "lots%", "off", "-1G"):
-        with pytest.raises(UsageError):
+    for bad in ("0%", "150%", "lots%"):
+        with pytest.raises(UsageError, match="share must be in"):
+            gpu_memory_budget(bad)
+    for bad in ("off", "-1G", "12X"):
+        with pytest.raises(UsageError, match="--gpu-memory takes a size .* not '"):
             gpu_memory_budget(bad)
