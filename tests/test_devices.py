@@ -93,3 +93,21 @@ def test_out_of_memory_is_not_a_compiler_failure(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         assert compiled(eager)(torch.zeros(1)).item() == 1
+
+
+def test_every_tensor_comes_to_the_cpu_before_numpy():
+    """numpy() on a CUDA tensor raises: every call in the code, the tests and the benchmarks
+    goes through cpu() first (free on the CPU), so none breaks on a GPU."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    bare = re.compile(r"(?<!\.cpu\(\))\.numpy\(\)")
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("optimizer", "tests", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if bare.search(line)
+    ]
+    assert not found, found

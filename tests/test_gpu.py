@@ -77,7 +77,7 @@ def test_cuda_dists_and_fid_features_match_cpu(all_weights_dir):
         got[device] = [s["dists"] for s in suite.score(suite.prepare(ref), cands)]
     assert got["cuda"] == pytest.approx(got["cpu"], rel=1e-2)
     feats = {
-        d: InceptionFeatures(d, weights_dir=all_weights_dir).features([ref, *cands]).numpy()
+        d: InceptionFeatures(d, weights_dir=all_weights_dir).features([ref, *cands]).cpu().numpy()
         for d in ("cpu", "cuda")
     }
     scale = np.abs(feats["cpu"]).max()

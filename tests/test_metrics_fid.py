@@ -106,7 +106,9 @@ def test_features_equal_pytorch_fid(extractor, reference):
     assert torch.isfinite(theirs).all() and float(theirs.std(0).mean()) > 1e-3 * scale
     # Measured: max |difference| 4.3e-6 with features up to 7.3 (6e-7 of the scale); 2.9e-6
     # with the contiguous layout pytorch-fid uses (ours is channels-last on the CPU).
-    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(
+        ours.cpu().numpy(), theirs.cpu().numpy(), rtol=1e-5, atol=1e-5 * scale
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,7 +119,7 @@ def test_resize_equals_interpolate(shape):
     ours = resize_bilinear(pixels)
     theirs = F.interpolate(_unit(pixels), (299, 299), mode="bilinear", align_corners=False)
     # Measured: at most 1.2e-7 (one float32 step); plain float32 index arithmetic gave 1.3e-5.
-    np.testing.assert_allclose(ours, theirs[0].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours, theirs[0].cpu().numpy(), rtol=0, atol=1e-6)
 
 
 def test_resize_grey_and_alpha():
@@ -135,7 +137,7 @@ def test_resize_grey_and_alpha():
     over_white = torch.from_numpy((rgb / 255.0 * a + (1 - a)).astype(np.float32))
     over_white = over_white.permute(2, 0, 1)[None]
     expected = F.interpolate(over_white, (299, 299), mode="bilinear", align_corners=False)
-    np.testing.assert_allclose(resize_bilinear(rgba), expected[0].numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(resize_bilinear(rgba), expected[0].cpu().numpy(), rtol=0, atol=1e-6)
     # Pixels nobody can see do not count.
     changed = rgba.copy()
     changed[:20, :, :3] = 255 - changed[:20, :, :3]
@@ -162,7 +164,7 @@ def test_resize_of_45_megapixels_gathers_only_what_it_reads():
     assert peak < 20e6, f"resize peaked at {peak / 1e6:.0f} MB"
     small = np.ascontiguousarray(huge[:2])  # every row is the same, so 2 rows resize alike
     theirs = F.interpolate(_unit(small), (299, 299), mode="bilinear", align_corners=False)
-    np.testing.assert_allclose(out[:, :1], theirs[0, :, :1].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out[:, :1], theirs[0, :, :1].cpu().numpy(), atol=1e-6)
 
 
 def test_features_check_their_input(extractor):
@@ -268,7 +270,7 @@ def test_kid_equals_torchmetrics_kernel_inception_distance():
     values = []
     for _ in range(4):
         i, j = torch.randperm(80)[:30], torch.randperm(80)[:30]
-        values.append(poly_mmd2(a[i.numpy()], b[j.numpy()]))
+        values.append(poly_mmd2(a[i.cpu().numpy()], b[j.cpu().numpy()]))
     assert float(mean) == pytest.approx(np.mean(values), rel=1e-9)
     assert float(std) == pytest.approx(np.std(values, ddof=0), rel=1e-9)
 

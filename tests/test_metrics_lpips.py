@@ -75,7 +75,7 @@ def test_matches_lpips_package_value_and_spatial_map(metric, reference_module, d
     with torch.no_grad():
         expected = reference_module(x, y, normalize=True).item()
         reference_module.spatial = True
-        spatial = reference_module(x, y, normalize=True).flatten().numpy()
+        spatial = reference_module(x, y, normalize=True).flatten().cpu().numpy()
         reference_module.spatial = False
     assert abs(ours["lpips"].item() - expected) < 1e-5
     assert abs(ours["lpips_p95"].item() - np.percentile(spatial, 95)) < 1e-5

@@ -134,11 +134,16 @@ def test_worst_region_sees_a_ruined_patch():
     assert out["ssim_p5"].item() < 0.5  # the worst region does
 
 
-def test_percentile_matches_numpy():
+def test_percentile_matches_numpy_by_selection_and_by_sorting_alike():
     v = torch.rand(3, 1001)
-    for q in (5.0, 50.0, 95.0):
-        expected = np.percentile(v.numpy(), q, axis=1)
-        assert np.allclose(percentile(v, q).numpy(), expected, atol=1e-6)
+    for q in (0.0, 5.0, 50.0, 95.0, 100.0):
+        expected = np.percentile(v.cpu().numpy(), q, axis=1)
+        select = percentile(v, q, method="select")
+        assert np.allclose(select.cpu().numpy(), expected, atol=1e-6)
+        # CUDA's way (one sort a row): the same order statistics, so the same values exactly
+        assert torch.equal(percentile(v, q, method="sort"), select)
+    with pytest.raises(ValueError, match="'select' or 'sort'"):
+        percentile(v, 5.0, method="median")
 
 
 def test_bad_inputs_raise_clear_errors():

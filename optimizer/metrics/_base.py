@@ -178,19 +178,30 @@ class Metric(ABC):
         return self.score(candidates, self.prepare(reference))
 
 
-def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
+def percentile(values: torch.Tensor, q: float, *, method: str | None = None) -> torch.Tensor:
     """Row-wise percentile of (N, M) `values`, linear interpolation as numpy's default.
 
-    Uses `kthvalue` so it works on maps larger than `torch.quantile` accepts (2**24 values).
+    Works on maps larger than `torch.quantile` accepts (2**24 values). `method`: ``select``
+    (`kthvalue`: the CPU's default, no copy sorted) or ``sort`` (one sort per row, both order
+    statistics read from it: CUDA's default, where `kthvalue` runs a row in one thread block);
+    the two give the same values exactly.
     """
     m = values.shape[1]
     pos = q / 100.0 * (m - 1)
     lo = int(pos)
     hi = min(lo + 1, m - 1)
-    v_lo = values.kthvalue(lo + 1, dim=1).values
+    if method is None:
+        method = "sort" if values.device.type == "cuda" else "select"
+    if method == "sort":
+        ordered = values.sort(dim=1).values
+        v_lo, v_hi = ordered[:, lo], ordered[:, hi]
+    elif method == "select":
+        v_lo = values.kthvalue(lo + 1, dim=1).values
+        v_hi = v_lo if hi == lo else values.kthvalue(hi + 1, dim=1).values
+    else:
+        raise ValueError(f"percentile method must be 'select' or 'sort', not {method!r}")
     if hi == lo:
         return v_lo
-    v_hi = values.kthvalue(hi + 1, dim=1).values
     return v_lo + (pos - lo) * (v_hi - v_lo)
 
 

@@ -184,8 +184,7 @@ class BatchScorer:
         else:
             pin = self.device.type == "cuda"
             prepared.per_background = [
-                map_tensors(s, lambda t: t.to("cpu").pin_memory() if pin else t.to("cpu"))
-                for s in prepared.per_background
+                map_tensors(s, lambda t: _to_host(t, pin)) for s in prepared.per_background
             ]
             prepared.on_host = True
         return prepared
@@ -377,6 +376,18 @@ class BatchScorer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _to_host(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    """A tensor in host memory: page-locked where it can be (faster copies to the GPU with
+    each batch), else ordinary memory."""
+    host = t.to("cpu")
+    if pin:
+        try:
+            return host.pin_memory()
+        except RuntimeError:  # page-locked memory is limited: ordinary memory copies too
+            return host
+    return host
 
 
 def _chunks(group: list[_Request], limit: int) -> list[list[_Request]]:
