@@ -386,3 +386,17 @@ def test_gpu_memory_values_are_parsed_or_refused():
     for bad in ("off", "-1G", "12X"):
         with pytest.raises(UsageError, match="--gpu-memory takes a size .* not '"):
             gpu_memory_budget(bad)
+
+
+def test_the_cli_prints_a_warning_as_one_line(monkeypatch, capsys):
+    import warnings as w
+
+    from optimizer.cli import one_line_warnings
+
+    monkeypatch.setattr(w, "showwarning", w.showwarning)  # put back after the test
+    one_line_warnings()
+    with w.catch_warnings():
+        w.simplefilter("always")
+        w.warn("out of cuda memory scoring a 6000x4000 candidate alone", RuntimeWarning)
+    err = capsys.readouterr().err
+    assert err.strip() == "warning: out of cuda memory scoring a 6000x4000 candidate alone"

@@ -15,7 +15,7 @@ import typer
 from .. import __version__
 from ..outcome import EXIT_CODES_HELP, ExitCode
 from . import check, folder, score, serve, tune
-from .common import command, err, out
+from .common import command, err, out, warn
 
 __all__ = ["app", "main"]
 
@@ -60,6 +60,18 @@ for fn in (
     app.command(epilog=EXIT_CODES_HELP)(command(fn))
 
 
+def one_line_warnings() -> None:
+    """Warnings (a GPU out of memory sending an image to the CPU, a failed torch.compile) as
+    `warning: ...` lines on stderr, like the rest of the CLI's messages, not Python's
+    file:line and source excerpt."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        warn("warning", message)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     import warnings
 
@@ -68,6 +80,7 @@ def main() -> None:
     # Pillow warns about damaged metadata it skipped (a TIFF tag past the end of the file): the
     # image loads or fails with a named reason either way, so the warning is only noise here.
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+    one_line_warnings()
     try:
         app()
     except OSError as exc:

@@ -190,7 +190,7 @@ class MetricSuite:
         device="auto",
         batch_pixels: int | None = None,
         batching: bool | None = None,
-        device_memory: int | None = None,
+        device_memory: int | float | None = None,
     ) -> None:
         if not metrics:
             raise ValueError("a metric suite needs at least one metric")
@@ -210,7 +210,8 @@ class MetricSuite:
         #: score through one `BatchScorer` (cross-image micro-batches, a device memory budget,
         #: out-of-memory fallbacks): the default on a GPU; on the CPU, threads score directly
         self.batching = self.device.type == "cuda" if batching is None else batching
-        #: the batch scorer's budget in bytes (None: a share of the device's free memory)
+        #: the batch scorer's budget: bytes, or a share (0..1) of the device's free memory
+        #: (None: 80% of it)
         self.device_memory = device_memory
         #: the device kind `spec()` names when another process scores (a cluster's workers)
         self.spec_device: str | None = None
@@ -230,7 +231,7 @@ class MetricSuite:
         allow_download: bool = True,
         compile: bool = False,
         batching: bool | None = None,
-        device_memory: int | None = None,
+        device_memory: int | float | None = None,
     ) -> MetricSuite:
         """Build from metric names (LPIPS and DISTS weights are located first, before any work).
 
