@@ -397,6 +397,8 @@ def test_the_cli_prints_a_warning_as_one_line(monkeypatch, capsys):
     one_line_warnings()
     with w.catch_warnings():
         w.simplefilter("always")
-        w.warn("out of cuda memory scoring a 6000x4000 candidate alone", RuntimeWarning)
+        w.warn(
+            "out of cuda memory scoring a 6000x4000 candidate alone", RuntimeWarning, stacklevel=1
+        )
     err = capsys.readouterr().err
     assert err.strip() == "warning: out of cuda memory scoring a 6000x4000 candidate alone"
