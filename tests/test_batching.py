@@ -402,3 +402,36 @@ def test_the_cli_prints_a_warning_as_one_line(monkeypatch, capsys):
         )
     err = capsys.readouterr().err
     assert err.strip() == "warning: out of cuda memory scoring a 6000x4000 candidate alone"
+
+
+def test_an_image_sent_to_the_cpu_does_not_hold_up_the_others(monkeypatch):
+    suite, scorer = _scorer(["psnr"], latency=0.0)
+    twin = MetricSuite.build(["psnr"], device="cpu", batching=False)
+    scorer._twin = twin
+    psnr = suite.metrics[0]
+    real = psnr.score
+
+    def no_room_for_seven(candidates, prepared):  # "out of memory" for the marked image only
+        if bool((candidates[:, 0, 0, 0] * 255).round().eq(7).any()):
+            _oom()
+        return real(candidates, prepared)
+
+    monkeypatch.setattr(psnr, "score", no_room_for_seven)
+    release = threading.Event()
+    cpu_score = twin.score
+
+    def slow_cpu(prepared, candidates):
+        assert release.wait(30)
+        return cpu_score(prepared, candidates)
+
+    monkeypatch.setattr(twin, "score", slow_cpu)
+    big, other = _crops(32, 40)[:2]
+    marked = noise(big)
+    marked[0, 0, 0] = 7
+    with pytest.warns(RuntimeWarning, match="scored on the CPU"), scorer:
+        on_cpu = scorer.submit(scorer.prepare(big), marked)
+        on_device = scorer.submit(scorer.prepare(other), noise(other))
+        assert on_device.result(30)["psnr"] > 20  # served while the CPU one still waits
+        assert not on_cpu.done()
+        release.set()
+        assert on_cpu.result(30)["psnr"] > 20

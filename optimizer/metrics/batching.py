@@ -23,7 +23,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,10 +151,15 @@ class BatchScorer:
         self.max_batch_pixels = max_batch_pixels or suite.batch_pixels
         self.stats = ScorerStats()
         self.resident = 0  # bytes of prepared references kept on the device
-        self._lock = threading.Lock()
+        # reentrant: a reference's finaliser (`_release`) may run in a garbage collection that
+        # an allocation starts while this thread holds the lock
+        self._lock = threading.RLock()
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._twin: MetricSuite | None = None
+        #: where candidates sent to the CPU are scored: off the owner thread, which goes on
+        #: feeding the device meanwhile
+        self._cpu_pool: ThreadPoolExecutor | None = None
         self._closed = False
 
     # -- references -----------------------------------------------------------------------
@@ -253,6 +258,8 @@ class BatchScorer:
         if thread is not None:
             self._queue.put(None)
             thread.join()
+        if self._cpu_pool is not None:
+            self._cpu_pool.shutdown(wait=True)
 
     def batch_pixel_limit(self) -> int:
         """Candidate pixels a batch may hold now: the suite's cap, within the budget left
@@ -324,7 +331,7 @@ class BatchScorer:
                     self._score_chunk(chunk[:half])
                     self._score_chunk(chunk[half:])
                 else:
-                    self._score_on_cpu(chunk[0])
+                    self._cpu_executor().submit(self._score_on_cpu, chunk[0])
                 return
             if len(chunk) > 1:  # find whose candidate it was: the others still get scores
                 for r in chunk:
@@ -364,6 +371,12 @@ class BatchScorer:
             request.future.set_result(twin.score(prepared._twin, [request.candidate])[0])
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             request.future.set_exception(exc)
+
+    def _cpu_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._cpu_pool is None:
+                self._cpu_pool = ThreadPoolExecutor(1, thread_name_prefix="imgtune-cpu-score")
+            return self._cpu_pool
 
     def _cpu_twin(self) -> MetricSuite:
         with self._lock:
