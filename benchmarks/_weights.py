@@ -4,9 +4,19 @@ such a network gives are meaningless; its cost is the real one). Never used by t
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when the benchmark's process ends (random checkpoints are
+    hundreds of MB: left behind, each run would add its own to the disk)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def random_alexnet_dir(seed: int = 0) -> Path:
@@ -15,7 +25,7 @@ def random_alexnet_dir(seed: int = 0) -> Path:
 
     from optimizer.metrics.lpips_metric import backbone_weights_file
 
-    d = Path(tempfile.mkdtemp(prefix="imgtune-random-alexnet-"))
+    d = scratch_dir("imgtune-random-alexnet-")
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -54,7 +53,9 @@ def _weights(arg: str | None) -> tuple[Path, str]:
         save_vgg16,
     )
 
-    d = Path(tempfile.mkdtemp(prefix="imgtune-random-weights-"))
+    from ._weights import scratch_dir
+
+    d = scratch_dir("imgtune-random-weights-")
     save_vgg16(d, random_vgg16_features())
     save_fid_inception(d, random_fid_state())
     return d, "random VGG16 and Inception (no pretrained weights here; timings unaffected)"
