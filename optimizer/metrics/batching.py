@@ -87,9 +87,6 @@ class DirectScorer:
     def score(self, prepared: PreparedReference, candidate: np.ndarray) -> Scores:
         return self.suite.score(prepared, [candidate])[0]
 
-    def close(self) -> None:
-        pass
-
 
 @dataclass
 class _Request:
@@ -175,8 +172,11 @@ class BatchScorer:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            self._forget(exc)
-            return self._cpu_prepared_alone(reference, background)
+            self._out_of_memory()
+            self._to_cpu(f"preparing a {reference.shape[1]}x{reference.shape[0]} reference")
+            prepared = self._cpu_twin().prepare(reference, background=background)
+            prepared.on_twin = True  # scored by the twin from the start
+            return prepared
         nbytes = state_nbytes(prepared.per_background)
         with self._lock:
             fits = self.budget is None or self.resident + nbytes <= self.budget // 2
@@ -198,21 +198,6 @@ class BatchScorer:
         with self._lock:
             self.resident -= nbytes
 
-    def _cpu_prepared_alone(self, reference, background) -> PreparedReference:
-        h, w = reference.shape[:2]
-        warnings.warn(
-            f"out of {self.device} memory preparing a {w}x{h} reference; this image is scored "
-            "on the CPU",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        with self._lock:
-            self.stats.cpu_fallbacks += 1
-        twin = self._cpu_twin()
-        prepared = twin.prepare(reference, background=background)
-        prepared.on_twin = True  # scored by the twin from the start
-        return prepared
-
     # -- scoring --------------------------------------------------------------------------
 
     def score(self, prepared: PreparedReference, candidate: np.ndarray) -> Scores:
@@ -221,19 +206,16 @@ class BatchScorer:
 
     def submit(self, prepared: PreparedReference, candidate: np.ndarray) -> Future:
         """Queue one candidate; the future holds its `Scores` (or the error scoring it)."""
-        if prepared.on_twin:  # prepared by the CPU twin: no device work at all
-            fut: Future = Future()
-            try:
-                fut.set_result(self._cpu_twin().score(prepared, [candidate])[0])
-            except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
-                fut.set_exception(exc)
-            return fut
+        matched = None  # no device work for a reference prepared by the CPU twin
         try:
-            matched = self.suite.matched(prepared, candidate)  # may prepare a colour version
+            # matching may prepare a grey reference's colour version on the device
+            if not prepared.on_twin:
+                matched = self.suite.matched(prepared, candidate)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            self._forget(exc)
+            self._out_of_memory()
+        if matched is None:
             request = _Request(prepared, candidate)
             self._score_on_cpu(request)
             return request.future
@@ -322,7 +304,7 @@ class BatchScorer:
             results = self.suite.score_pairs([(r.prepared, r.candidate) for r in chunk])
         except Exception as exc:  # noqa: BLE001 - every error reaches its own caller
             if is_out_of_memory(exc):
-                self._forget(exc)
+                self._out_of_memory()
                 pixels = sum(r.pixels for r in chunk)
                 # batches this large failed: smaller ones from now on
                 self.max_batch_pixels = max(1, min(self.max_batch_pixels, pixels // 2))
@@ -345,30 +327,36 @@ class BatchScorer:
         for r, s in zip(chunk, results, strict=True):
             r.future.set_result(s)
 
-    def _forget(self, exc: BaseException) -> None:
+    def _out_of_memory(self) -> None:
         with self._lock:
             self.stats.out_of_memory += 1
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # what the failed batch held goes back before the retry
 
+    def _to_cpu(self, what: str) -> None:
+        """Warn (once per image) that the device had no memory for `what`."""
+        warnings.warn(
+            f"out of {self.device} memory {what}; its image is scored on the CPU",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        with self._lock:
+            self.stats.cpu_fallbacks += 1
+
     def _score_on_cpu(self, request: _Request) -> None:
+        """Score a request with the CPU twin, against the reference prepared there (once per
+        image: the first time, with the warning)."""
         prepared = request.prepared
         try:
             twin = self._cpu_twin()
-            if prepared._twin is None:
+            if not prepared.on_twin and prepared._twin is None:
                 h, w = request.candidate.shape[:2]
-                warnings.warn(
-                    f"out of {self.device} memory scoring a {w}x{h} candidate alone; its image "
-                    "is scored on the CPU",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                with self._lock:
-                    self.stats.cpu_fallbacks += 1
+                self._to_cpu(f"scoring a {w}x{h} candidate alone")
                 prepared._twin = twin._prepare(
                     prepared.reference, prepared.background, grey_as_colour=prepared.grey_as_colour
                 )
-            request.future.set_result(twin.score(prepared._twin, [request.candidate])[0])
+            on_cpu = prepared if prepared.on_twin else prepared._twin
+            request.future.set_result(twin.score(on_cpu, [request.candidate])[0])
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             request.future.set_exception(exc)
 
