@@ -16,7 +16,7 @@ import torch
 
 from optimizer.metrics import MetricSuite
 from optimizer.metrics import batching as batching_mod
-from optimizer.metrics._base import stack_states, state_nbytes
+from optimizer.metrics._base import pick_state, stack_states, state_nbytes
 from optimizer.metrics.batching import BatchScorer, DirectScorer, is_out_of_memory
 
 from .conftest import DEVICES, jpeg, noise, read_rgb, sample_paths
@@ -72,6 +72,9 @@ def test_stack_states_joins_tensors_and_refuses_what_differs():
     s = stack_states([a, b])
     assert s["x"].shape == (2, 3, 4, 4) and s["size"] == (4, 4)
     assert s["levels"][0].tolist() == [[1.0, 1.0], [2.0, 2.0]]
+    second = pick_state(s, 1)  # and back: the second image's own state
+    assert torch.equal(second["x"], b["x"]) and torch.equal(second["levels"][0], b["levels"][0])
+    assert pick_state(a, 1)["x"] is a["x"]  # one image's state is its own part
     with pytest.raises(ValueError, match="cannot be batched"):
         stack_states([a, {**b, "size": (5, 4)}])
     with pytest.raises(ValueError, match="cannot be batched"):

@@ -21,6 +21,7 @@ __all__ = [
     "compiled",
     "percentile",
     "map_tensors",
+    "pick_state",
     "resolve_device",
     "stack_states",
     "state_nbytes",
@@ -111,6 +112,12 @@ def stack_states(states: Sequence[Any]) -> Any:
     if any(s != first for s in states):
         raise ValueError(f"prepared states differ ({first!r}): the images cannot be batched")
     return first
+
+
+def pick_state(state: Any, i: int) -> Any:
+    """The i-th image's part of a state `stack_states` made (a state of one image is its own
+    part, whatever i)."""
+    return map_tensors(state, lambda t: t if t.shape[0] == 1 else t[i : i + 1])
 
 
 def check_images(x: torch.Tensor, what: str = "images") -> None:

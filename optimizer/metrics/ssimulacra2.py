@@ -25,12 +25,12 @@ it holds the next scale's linear RGB (4 bytes per pixel) and a band's working se
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ._base import Metric, compiled
+from ._base import Metric, compiled, pick_state
 from ._blur import blur
 from .catalog import OUTPUTS
 
@@ -336,15 +336,9 @@ class SSIMULACRA2(Metric):
             # equal to the reference converts to the same bits only in a tensor of the same
             # shape. (Batches do not pay on the CPU anyway; on CUDA every element runs alike.)
             # References of several images (`stack_states`) are split alike, pair by pair.
-            refs = (
-                [replace(prepared, scales=[s[i : i + 1] for s in prepared.scales])
-                 for i in range(candidates.shape[0])]
-                if prepared.scales[0].shape[0] > 1
-                else [prepared] * candidates.shape[0]
-            )  # fmt: skip
             parts = [
-                self.score(c, r)["ssimulacra2"]
-                for c, r in zip(candidates.split(1), refs, strict=True)
+                self.score(c, pick_state(prepared, i))["ssimulacra2"]
+                for i, c in enumerate(candidates.split(1))
             ]
             return {"ssimulacra2": torch.cat(parts)}
         src = self._rgb(candidates)

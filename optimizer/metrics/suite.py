@@ -84,10 +84,10 @@ class PreparedReference:
 
     def group_key(self, candidate: np.ndarray) -> tuple:
         """Candidates whose keys are equal can be scored in one batch, each against its own
-        reference: same size and channels, same backgrounds, same metrics on each."""
+        reference: same size and channels (a candidate's size is its reference's), same
+        backgrounds, same metrics on each."""
         return (
             candidate.shape,
-            self.shape[:2],
             self.backgrounds,
             self.colour,
             tuple(tuple(sorted(state)) for state in self.per_background),
