@@ -12,6 +12,7 @@ and the `exit_code` the command would end with. Long runs report progress throug
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -1050,11 +1051,9 @@ def gpu_memory_budget(value: str | int | float | None) -> int | float | None:
         if not 0 < share <= 1:
             raise UsageError(f"--gpu-memory share must be in (0%, 100%], not {value!r}")
         return share
-    try:
-        if text.upper() != "OFF":
+    if text.upper() != "OFF":  # --memory's "off" (no budget) means nothing here
+        with contextlib.suppress(UsageError):
             return memory_budget(value)
-    except UsageError:
-        pass
     raise UsageError(
         f"--gpu-memory takes a size (12G, 500M, bytes) or a share of the free memory (60%), "
         f"not {value!r}"

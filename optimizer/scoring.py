@@ -129,8 +129,8 @@ def score_pair(
             f"{candidate}: is {cand.width}x{cand.height} but its reference {reference} is "
             f"{ref.width}x{ref.height}; scores need equal sizes"
         )
-    # Through the suite's scorer: on a GPU, pairs scored at once (folder scoring, the
-    # service's requests) share batches, and out of memory falls back instead of failing.
+    # Through the suite's scorer: on a GPU, pairs scored at once (the service's concurrent
+    # requests) share batches, and out of memory falls back to the CPU instead of failing.
     scorer = suite.scorer
     scores = scorer.score(scorer.prepare(ref.pixels), cand.pixels)
     if set_scorer is not None:
