@@ -191,6 +191,16 @@ def end_to_end(folder: Path, device: str, gpu_memory: str | None = None) -> dict
     return {"device": label, "images": len(outcomes), "s": dt, "outputs": outs}
 
 
+def _every_metric_and_size(measure, wdir: Path, repeats: int, line) -> list[dict]:
+    """`measure` for each size and metric, each row printed by `line` as it comes."""
+    rows = []
+    for size_name in SIZES:
+        for name in METRICS:
+            rows.append(measure(name, size_name, wdir, repeats))
+            print(line(rows[-1]))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--folder", type=Path, default=ROOT / "sample_images")
@@ -211,25 +221,27 @@ def main(argv: list[str] | None = None) -> None:
     gpu_name = torch.cuda.get_device_name(0)
     threads = torch.get_num_threads()  # before optimize() sizes its own pools
     print(f"{gpu_name}, torch {torch.__version__}, {threads} CPU threads")
-    rows = []
-    for size_name in SIZES:
-        for name in METRICS:
-            r = throughput(name, size_name, wdir, args.repeats)
-            rows.append(r)
-            print(
-                f"{name} {size_name}: batch 1 {r['pps1']:.1f} pairs/s, batch {r['batch']} "
-                f"{r['ppsb']:.1f} pairs/s, max |cuda-cpu| {r['diff']:.2e} ({r['compared']} pairs)"
-            )
-    across = []
-    for size_name in SIZES:
-        for name in METRICS:
-            r = cross_image(name, size_name, wdir, args.repeats)
-            across.append(r)
-            print(
-                f"{name} {size_name} across {r['n']} images: one by one {r['pps1']:.1f} "
-                f"pairs/s, batch scorer {r['ppsb']:.1f} pairs/s (largest batch {r['largest']}),"
-                f" max |batched-single| {r['diff']:.1e}, identical pair {r['identical']}"
-            )
+    rows = _every_metric_and_size(
+        throughput,
+        wdir,
+        args.repeats,
+        lambda r: (
+            f"{r['metric']} {r['size']}: batch 1 {r['pps1']:.1f} pairs/s, batch "
+            f"{r['batch']} {r['ppsb']:.1f} pairs/s, max |cuda-cpu| {r['diff']:.2e} "
+            f"({r['compared']} pairs)"
+        ),
+    )
+    across = _every_metric_and_size(
+        cross_image,
+        wdir,
+        args.repeats,
+        lambda r: (
+            f"{r['metric']} {r['size']} across {r['n']} images: one by one "
+            f"{r['pps1']:.1f} pairs/s, batch scorer {r['ppsb']:.1f} pairs/s (largest batch "
+            f"{r['largest']}), max |batched-single| {r['diff']:.1e}, "
+            f"identical pair {r['identical']}"
+        ),
+    )
     tf32 = tf32_lpips(wdir)
     print(
         f"lpips max |cuda-cpu|: TF32 on {tf32[True]:.2e}, off {tf32[False]:.2e}, "

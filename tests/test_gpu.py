@@ -51,30 +51,31 @@ def test_cuda_matches_cpu_one_by_one_and_batched(metric, output, tol):
     assert len(set(want)) == len(want)  # the candidates differ, so the comparison means something
 
 
-def test_cuda_lpips_matches_cpu(random_weights_dir):
+def _on_cpu_and_cuda(metric: str, weights_dir, ref, cands) -> dict[str, list[float]]:
+    """`metric`'s scores of `cands` against `ref`, per device."""
     from optimizer.metrics import MetricSuite
 
-    ref = read_rgb(SAMPLES / "coffee.png")
-    cands = _candidates(ref)
     got = {}
     for device in ("cpu", "cuda"):
-        suite = MetricSuite.build(["lpips"], device=device, weights_dir=random_weights_dir)
-        got[device] = [s["lpips"] for s in suite.score(suite.prepare(ref), cands)]
+        suite = MetricSuite.build([metric], device=device, weights_dir=weights_dir)
+        got[device] = [s[metric] for s in suite.score(suite.prepare(ref), cands)]
+    return got
+
+
+def test_cuda_lpips_matches_cpu(random_weights_dir):
+    ref = read_rgb(SAMPLES / "coffee.png")
+    got = _on_cpu_and_cuda("lpips", random_weights_dir, ref, _candidates(ref))
     assert got["cuda"] == pytest.approx(got["cpu"], abs=1e-4)
 
 
 def test_cuda_dists_and_fid_features_match_cpu(all_weights_dir):
     """DISTS and the FID Inception on CUDA (TF32 off while scoring, as everywhere) against the
     CPU, compared relatively: float32 convolutions still sum in other orders."""
-    from optimizer.metrics import MetricSuite
     from optimizer.metrics.set_metrics import InceptionFeatures
 
     ref = read_rgb(SAMPLES / "coffee.png")
     cands = _candidates(ref)
-    got = {}
-    for device in ("cpu", "cuda"):
-        suite = MetricSuite.build(["dists"], device=device, weights_dir=all_weights_dir)
-        got[device] = [s["dists"] for s in suite.score(suite.prepare(ref), cands)]
+    got = _on_cpu_and_cuda("dists", all_weights_dir, ref, cands)
     assert got["cuda"] == pytest.approx(got["cpu"], rel=1e-2)
     feats = {
         d: InceptionFeatures(d, weights_dir=all_weights_dir).features([ref, *cands]).cpu().numpy()
