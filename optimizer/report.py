@@ -314,11 +314,10 @@ def decoded_pairs(images, cand) -> Iterator[dict[str, Any]]:
     """Per image of a `search.ImageSet`, one at a time: {name, reference (at output size),
     output (`cand`'s encode, decoded), caption}."""
     from .codecs import CODECS, decode
-    from .transforms import reference
 
     for it in images.items:
         src = it.source
-        ref = src.pixels if it.size == (src.width, src.height) else reference(src.pixels, it.size)
+        ref = it.prepared.reference  # the set resized it to its output size once, to prepare it
         _, data = images.render(it, cand)
         alpha = src.has_alpha and CODECS[cand.codec].supports_alpha
         channels = src.channels if alpha or not src.has_alpha else src.channels - 1
