@@ -35,6 +35,7 @@ __all__ = [
     "open_cluster",
     "remote_optimize",
     "resources_for",
+    "worker_resources",
 ]
 
 _SUITES: dict[Any, Any] = {}
@@ -262,7 +263,7 @@ class Cluster:
             return
         workers = self._workers()
         if not any(_capacity(w, self.resources) for w in workers.values()):
-            need = ",".join(f"{k}={max(1, round(v)):g}" for k, v in self.resources.items())
+            need = ",".join(f"{k}={v:g}" for k, v in worker_resources(self.resources).items())
             raise UsageError(
                 f"--device cuda on a cluster runs images only on workers started with "
                 f"--resources {need}; none of the {len(workers)} workers of {address} declares "
@@ -321,6 +322,12 @@ def resources_for(device: str) -> dict[str, float] | None:
     return {"GPU": 1 / IMAGES_PER_GPU} if str(device).startswith("cuda") else None
 
 
+def worker_resources(task: dict[str, float]) -> dict[str, float]:
+    """What a worker declares for tasks that take a share of `task`'s resources: one of each
+    (`dask worker --resources GPU=1`)."""
+    return {k: 1 for k in task}
+
+
 @contextmanager
 def open_cluster(
     address: str, recipe, *, resources: dict[str, float] | None = None
@@ -351,8 +358,7 @@ def open_cluster(
                     processes=True,
                     dashboard_address=None,
                     silence_logs=logging.ERROR,
-                    # each worker declares one of what a task takes a share of (one GPU)
-                    resources={k: 1 for k in resources} if resources else None,
+                    resources=worker_resources(resources) if resources else None,
                 ) as cluster,
                 Client(cluster) as client,
             ):
